@@ -1,0 +1,43 @@
+# avsac-lit: every target installs what it needs into .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= data
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## .*$$' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed ## Create .venv and install the package (editable) with the dev extra
+
+demo: install ## Main job: generate SynthAVS-MS3 and check it through the loaders and the protocol's metrics
+	$(PY) -m avsac_lit.data.synthetic --task ms3 --out $(DATA_DIR)/synthavs-ms3
+	$(PY) -m avsac_lit.data.check --task ms3 --root $(DATA_DIR)/synthavs-ms3
+
+test: install ## Run the default test suite (no slow tests)
+	$(PY) -m pytest -m "not slow"
+
+test-full: install ## Run every test, slow ones included
+	$(PY) -m pytest
+
+lint: install ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## ruff autofix and format
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean: ## Remove caches and build files (keeps .venv and data)
+	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+.PHONY: help install demo test test-full lint format clean

@@ -1,0 +1,45 @@
+"""AVSBench data: the S4, MS3 and AVSS datasets as published, and a synthetic twin.
+
+Every dataset returns one item format, whatever the task, so that models, losses and metrics never
+branch on the layout:
+
+==============  =====================  ==========================================================
+key             shape / type           meaning
+==============  =====================  ==========================================================
+``frames``      float [T, 3, H, W]     ImageNet-normalised frames; AVSS padding frames are zeros
+``audio``       float [T, 1, 96, 64]   VGGish log-mel example k for frame k (AVSS padding: zeros)
+``masks``       [T, H, W]              S4/MS3: float 0/1 sounding-object masks; AVSS: long class
+                                       ids (0 = background). Zeros where no ground truth exists
+``mask_valid``  bool [T]               True where a ground-truth mask exists (S4 train: frame 0)
+``frame_valid`` bool [T]               False on AVSS padding frames (v1s/v1m clips padded to 10)
+``name``        str                    the clip's name (S4/MS3) or uid (AVSS)
+==============  =====================  ==========================================================
+
+T is 5 for S4 and MS3 and 10 for AVSS. H = W = ``img_size``.
+
+Build a dataset with :func:`build_dataset` or, for training, :class:`AVSDataModule`.
+"""
+
+from avsac_lit.data.avsbench import (
+    SPLITS,
+    TASKS,
+    AVSBenchDataset,
+    AVSSDataset,
+    DatasetLayoutError,
+    MS3Dataset,
+    S4Dataset,
+    build_dataset,
+)
+from avsac_lit.data.datamodule import AVSDataModule
+
+__all__ = [
+    "SPLITS",
+    "TASKS",
+    "AVSBenchDataset",
+    "AVSDataModule",
+    "AVSSDataset",
+    "DatasetLayoutError",
+    "MS3Dataset",
+    "S4Dataset",
+    "build_dataset",
+]

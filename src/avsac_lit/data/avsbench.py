@@ -1,0 +1,450 @@
+"""The three AVSBench datasets, read from their published on-disk layouts.
+
+* S4, AVSBench-Object single-source (``Single-source/``): 5 frames, one sounding category per
+  clip; train clips have a mask for the first frame only.
+* MS3, AVSBench-Object multi-source (``Multi-sources/``): 5 frames, masks for all of them.
+* AVSS, AVSBench-semantic: 5-frame (v1s, v1m) and 10-frame (v2) clips, colour-coded class labels,
+  padded to 10 frames.
+
+The layouts are drawn in :data:`LAYOUTS` and in ``docs/data.md``; the item format is in the package
+docstring (:mod:`avsac_lit.data`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from avsac_lit.data.io import (
+    load_binary_mask,
+    load_color_label,
+    load_frame,
+    load_log_mel_pickle,
+    voc_palette,
+)
+from avsac_lit.data.logmel import LogMelCache
+
+TASKS = ("s4", "ms3", "avss")
+SPLITS = ("train", "val", "test")
+
+WHERE_TO_GET_AVSBENCH = (
+    "AVSBench is published by its authors (GitHub: OpenNLPLab/AVSBench, section 'Data', which "
+    "links the request form). To try the suite without it, generate the synthetic twin in the "
+    "same layout: python -m avsac_lit.data.synthetic --task {task} --out DIR"
+)
+
+LAYOUTS = {
+    "s4": """\
+Single-source/                       <- root
+  s4_meta_data.csv                   columns: name (col 0), start, category (col 2), split
+  s4_data/
+    visual_frames/{split}/{category}/{name}/{name}_{k}.png     k = 1..5
+    audio_log_mel/{split}/{category}/{name}.pkl                pickled tensor [5, 1, 96, 64]
+    audio_wav/{split}/{category}/{name}.wav                    used when the .pkl is missing
+    gt_masks/{split}/{category}/{name}/{name}_{k}.png          train: k = 1 only; val/test: 1..5""",
+    "ms3": """\
+Multi-sources/                       <- root
+  ms3_meta_data.csv                  columns: name (col 0), ..., split
+  ms3_data/
+    visual_frames/{name}/{name}.mp4_{k}.png                    k = 1..5 (not split into folders)
+    audio_log_mel/{split}/{name}.pkl                           pickled tensor [5, 1, 96, 64]
+    audio_wav/{split}/{name}.wav                               used when the .pkl is missing
+    gt_masks/{split}/{name}/{name}_{k}.png                     k = 1..5 in every split""",
+    "avss": """\
+AVSBench-semantic/                   <- root
+  metadata.csv                       columns: uid, split, label (v1s | v1m | v2), ...
+  label2idx.json                     {"background": 1, "accordion": 2, ...} (71 classes)
+  {label}/{uid}/frames/{i}.jpg       i = 0..4 (v1s, v1m) or 0..9 (v2)
+  {label}/{uid}/labels_rgb/{i}.png   colour labels; v1s train: 0.png only
+  {label}/{uid}/audio.wav""",
+}
+
+# Directory names users commonly keep each task under, so that ``root`` may also be their parent.
+TASK_DIRS = {
+    "s4": ("Single-source",),
+    "ms3": ("Multi-sources",),
+    "avss": ("AVSBench-semantic", "AVSS", "avs_released"),
+}
+METADATA_FILES = {"s4": "s4_meta_data.csv", "ms3": "ms3_meta_data.csv", "avss": "metadata.csv"}
+
+NUM_FRAMES = {"s4": 5, "ms3": 5, "avss": 10}
+AVSS_CLIP_FRAMES = {"v1s": 5, "v1m": 5, "v2": 10}
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """The root does not hold the task's published layout."""
+
+
+def _check_choice(kind: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"Unknown {kind} {value!r}; expected one of {', '.join(choices)}.")
+    return value
+
+
+def resolve_root(task: str, root: str | Path) -> Path:
+    """The directory holding ``task``'s metadata file: ``root`` itself or a known child of it."""
+    root = Path(root).expanduser()
+    metadata = METADATA_FILES[task]
+    candidates = [root] + [root / name for name in TASK_DIRS[task]]
+    for candidate in candidates:
+        if (candidate / metadata).is_file():
+            return candidate
+    where = "does not exist" if not root.exists() else f"has no {metadata}"
+    raise DatasetLayoutError(
+        f"AVSBench {task.upper()} root {root} {where} (looked for {root / metadata}"
+        + "".join(f" and {c / metadata}" for c in candidates[1:])
+        + f").\nExpected layout:\n{LAYOUTS[task]}\n"
+        + WHERE_TO_GET_AVSBENCH.format(task=task)
+    )
+
+
+def read_csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    with path.open(newline="") as handle:
+        rows = [row for row in csv.reader(handle) if row]
+    if not rows:
+        raise ValueError(
+            f"Metadata file {path} is empty; expected a header row and one row a clip."
+        )
+    return [name.strip() for name in rows[0]], rows[1:]
+
+
+def column_index(header: list[str], name: str, path: Path) -> int:
+    if name not in header:
+        raise ValueError(
+            f"Metadata file {path} has no {name!r} column (its columns: {', '.join(header)})."
+        )
+    return header.index(name)
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One clip's identity in the metadata: everything needed to locate its files."""
+
+    name: str
+    category: str = ""  # S4 only
+    label: str = ""  # AVSS only: v1s, v1m or v2
+
+
+class AVSBenchDataset(Dataset):
+    """Common base: metadata parsing, root checks and audio loading. Use a task subclass.
+
+    Args:
+        root: the task's directory (``Single-source/``, ``Multi-sources/``, ``AVSBench-semantic/``)
+            or a directory containing it.
+        split: ``train``, ``val`` or ``test``.
+        img_size: frames and masks are resized to ``img_size`` x ``img_size``.
+        audio_cache_dir: where log-mels computed from wavs are cached (see :class:`LogMelCache`).
+    """
+
+    task: str
+    num_frames: int
+
+    def __init__(
+        self,
+        *,
+        root: str | Path,
+        split: str,
+        img_size: int = 224,
+        audio_cache_dir: str | Path | None = None,
+    ) -> None:
+        self.split = _check_choice("split", split, SPLITS)
+        if img_size <= 0:
+            raise ValueError(f"img_size must be a positive number of pixels, got {img_size}.")
+        self.img_size = img_size
+        self.root = resolve_root(self.task, root)
+        self.audio_cache = LogMelCache(audio_cache_dir)
+        self.clips = self._read_clips()
+        if not self.clips:
+            raise ValueError(
+                f"{self.root / METADATA_FILES[self.task]} lists no clip with split={split!r}."
+            )
+        self._check_first_clip()
+
+    # Subclasses say where the files are.
+    def _read_clips(self) -> list[Clip]:
+        raise NotImplementedError
+
+    def frame_paths(self, clip: Clip) -> list[Path]:
+        raise NotImplementedError
+
+    def mask_paths(self, clip: Clip) -> list[Path]:
+        """Ground-truth files for the first ``len(...)`` frames that are annotated."""
+        raise NotImplementedError
+
+    def audio_paths(self, clip: Clip) -> tuple[Path | None, Path]:
+        """(precomputed log-mel pickle or None, wav)."""
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        """1 for the binary S4/MS3 masks, the number of classes (background included) for AVSS."""
+        return 1
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def _check_first_clip(self) -> None:
+        # A wrong root usually fails on the first clip's first file; say so with the layout drawn.
+        clip = self.clips[0]
+        pickle_path, wav_path = self.audio_paths(clip)
+        audio_ok = (pickle_path is not None and pickle_path.is_file()) or wav_path.is_file()
+        for path in [self.frame_paths(clip)[0], self.mask_paths(clip)[0]]:
+            if not path.is_file():
+                self._layout_error(path)
+        if not audio_ok:
+            self._layout_error(pickle_path or wav_path)
+
+    def _layout_error(self, missing: Path) -> None:
+        raise DatasetLayoutError(
+            f"AVSBench {self.task.upper()} root {self.root} does not match the published layout: "
+            f"{missing} is missing.\nExpected layout:\n{LAYOUTS[self.task]}\n"
+            + WHERE_TO_GET_AVSBENCH.format(task=self.task)
+        )
+
+    def load_audio(self, clip: Clip) -> torch.Tensor:
+        """Log-mel examples [num_frames, 1, 96, 64]: the .pkl when there is one, else the wav's."""
+        pickle_path, wav_path = self.audio_paths(clip)
+        expected = (self.num_frames, 1, 96, 64)
+        if pickle_path is not None and pickle_path.is_file():
+            return load_log_mel_pickle(pickle_path, expected)
+        if not wav_path.is_file():
+            both = (
+                f"neither {pickle_path} nor {wav_path} exists"
+                if pickle_path
+                else f"{wav_path} is missing"
+            )
+            raise FileNotFoundError(f"No audio for clip {clip.name}: {both}.")
+        examples = self.audio_cache.load(wav_path)
+        if len(examples) == 0:
+            raise ValueError(
+                f"Audio {wav_path} is shorter than one VGGish example (0.975 s at 16 kHz)."
+            )
+        return self.fit_examples(examples)
+
+    def precompute_audio(self) -> int:
+        """Compute and cache the log-mels of every clip that has no .pkl; returns how many."""
+        computed = 0
+        for clip in self.clips:
+            pickle_path, wav_path = self.audio_paths(clip)
+            if pickle_path is None or not pickle_path.is_file():
+                self.audio_cache.load(wav_path)
+                computed += 1
+        return computed
+
+    def fit_examples(self, examples: torch.Tensor) -> torch.Tensor:
+        """Match a wav's examples to the clip length as AVSBench's S4/MS3 preprocessing does:
+        truncate, or pad by repeating the last example."""
+        examples = examples[: self.num_frames]
+        missing = self.num_frames - len(examples)
+        return (
+            torch.cat([examples, examples[-1:].expand(missing, -1, -1, -1)])
+            if missing
+            else examples
+        )
+
+    def __getitem__(self, index: int) -> dict:
+        raise NotImplementedError
+
+
+class _ObjectDataset(AVSBenchDataset):
+    """S4 and MS3: binary masks, 5 frames, log-mel pickles."""
+
+    num_frames = 5
+
+    def __getitem__(self, index: int) -> dict:
+        clip = self.clips[index]
+        frames = torch.stack([load_frame(path, self.img_size) for path in self.frame_paths(clip)])
+        masks = torch.zeros(self.num_frames, self.img_size, self.img_size)
+        mask_valid = torch.zeros(self.num_frames, dtype=torch.bool)
+        for k, path in enumerate(self.mask_paths(clip)):
+            masks[k] = load_binary_mask(path, self.img_size)
+            mask_valid[k] = True
+        return {
+            "frames": frames,
+            "audio": self.load_audio(clip),
+            "masks": masks,
+            "mask_valid": mask_valid,
+            "frame_valid": torch.ones(self.num_frames, dtype=torch.bool),
+            "name": clip.name,
+        }
+
+
+class S4Dataset(_ObjectDataset):
+    """AVSBench-Object single-source (S4). Train clips are annotated on their first frame only."""
+
+    task = "s4"
+
+    def _read_clips(self) -> list[Clip]:
+        path = self.root / METADATA_FILES["s4"]
+        header, rows = read_csv_rows(path)
+        split_column = column_index(header, "split", path)
+        # The reference indexes name and category by position (0 and 2), whatever the header says.
+        return [
+            Clip(name=row[0], category=row[2]) for row in rows if row[split_column] == self.split
+        ]
+
+    def _clip_dir(self, kind: str, clip: Clip) -> Path:
+        return self.root / "s4_data" / kind / self.split / clip.category
+
+    def frame_paths(self, clip: Clip) -> list[Path]:
+        folder = self._clip_dir("visual_frames", clip) / clip.name
+        return [folder / f"{clip.name}_{k}.png" for k in range(1, self.num_frames + 1)]
+
+    def mask_paths(self, clip: Clip) -> list[Path]:
+        annotated = 1 if self.split == "train" else self.num_frames
+        folder = self._clip_dir("gt_masks", clip) / clip.name
+        return [folder / f"{clip.name}_{k}.png" for k in range(1, annotated + 1)]
+
+    def audio_paths(self, clip: Clip) -> tuple[Path, Path]:
+        return (
+            self._clip_dir("audio_log_mel", clip) / f"{clip.name}.pkl",
+            self._clip_dir("audio_wav", clip) / f"{clip.name}.wav",
+        )
+
+
+class MS3Dataset(_ObjectDataset):
+    """AVSBench-Object multi-source (MS3). Every frame of every split is annotated."""
+
+    task = "ms3"
+
+    def _read_clips(self) -> list[Clip]:
+        path = self.root / METADATA_FILES["ms3"]
+        header, rows = read_csv_rows(path)
+        split_column = column_index(header, "split", path)
+        return [Clip(name=row[0]) for row in rows if row[split_column] == self.split]
+
+    def frame_paths(self, clip: Clip) -> list[Path]:
+        folder = self.root / "ms3_data" / "visual_frames" / clip.name
+        return [folder / f"{clip.name}.mp4_{k}.png" for k in range(1, self.num_frames + 1)]
+
+    def mask_paths(self, clip: Clip) -> list[Path]:
+        folder = self.root / "ms3_data" / "gt_masks" / self.split / clip.name
+        return [folder / f"{clip.name}_{k}.png" for k in range(1, self.num_frames + 1)]
+
+    def audio_paths(self, clip: Clip) -> tuple[Path, Path]:
+        data = self.root / "ms3_data"
+        return (
+            data / "audio_log_mel" / self.split / f"{clip.name}.pkl",
+            data / "audio_wav" / self.split / f"{clip.name}.wav",
+        )
+
+
+class AVSSDataset(AVSBenchDataset):
+    """AVSBench-semantic (AVSS): class-labelled masks, clips padded to 10 frames.
+
+    Train frames are resized on their short side and centre-cropped; val/test frames are resized
+    without keeping the aspect ratio, as in the reference. Audio comes from ``audio.wav`` through
+    the VGGish front end (cached), zero-padded to 10 examples like AVSegFormer's AVSS pipeline.
+    """
+
+    task = "avss"
+    num_frames = 10
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.class_names = self._read_class_names()
+        self.palette = voc_palette(len(self.class_names))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def _read_class_names(self) -> list[str]:
+        path = self.root / "label2idx.json"
+        if not path.is_file():
+            self._layout_error(path)
+        with path.open() as handle:
+            label_to_index = json.load(handle)
+        indices = sorted(label_to_index.values())
+        if indices != list(range(1, len(indices) + 1)) or label_to_index.get("background") != 1:
+            raise ValueError(
+                f"{path} must map class names to 1..N with background = 1 (AVSBench-semantic uses "
+                f"1..71); found indices {indices[:5]}... and background = "
+                f"{label_to_index.get('background')}."
+            )
+        return sorted(label_to_index, key=label_to_index.__getitem__)
+
+    def _read_clips(self) -> list[Clip]:
+        path = self.root / METADATA_FILES["avss"]
+        header, rows = read_csv_rows(path)
+        uid, split, label = (column_index(header, name, path) for name in ("uid", "split", "label"))
+        clips = []
+        for row in rows:
+            if row[split] != self.split:
+                continue
+            if row[label] not in AVSS_CLIP_FRAMES:
+                raise ValueError(
+                    f"{path}: clip {row[uid]} has label {row[label]!r}; expected one of "
+                    f"{', '.join(AVSS_CLIP_FRAMES)}."
+                )
+            clips.append(Clip(name=row[uid], label=row[label]))
+        return clips
+
+    def _clip_dir(self, clip: Clip) -> Path:
+        return self.root / clip.label / clip.name
+
+    def frame_paths(self, clip: Clip) -> list[Path]:
+        count = AVSS_CLIP_FRAMES[clip.label]
+        return [self._clip_dir(clip) / "frames" / f"{i}.jpg" for i in range(count)]
+
+    def mask_paths(self, clip: Clip) -> list[Path]:
+        annotated = (
+            1 if (clip.label == "v1s" and self.split == "train") else len(self.frame_paths(clip))
+        )
+        return [self._clip_dir(clip) / "labels_rgb" / f"{i}.png" for i in range(annotated)]
+
+    def audio_paths(self, clip: Clip) -> tuple[None, Path]:
+        return None, self._clip_dir(clip) / "audio.wav"
+
+    def fit_examples(self, examples: torch.Tensor) -> torch.Tensor:
+        # AVSegFormer pads AVSS audio with all-zero log-mel examples, not with repeats.
+        examples = examples[: self.num_frames]
+        padding = examples.new_zeros(self.num_frames - len(examples), *examples.shape[1:])
+        return torch.cat([examples, padding])
+
+    def __getitem__(self, index: int) -> dict:
+        clip = self.clips[index]
+        crop = self.split == "train"
+        size, count = self.img_size, self.num_frames
+        frames = torch.zeros(count, 3, size, size)
+        frame_valid = torch.zeros(count, dtype=torch.bool)
+        for i, path in enumerate(self.frame_paths(clip)):
+            frames[i] = load_frame(path, size, crop=crop)
+            frame_valid[i] = True
+        masks = torch.zeros(count, size, size, dtype=torch.long)
+        mask_valid = torch.zeros(count, dtype=torch.bool)
+        for i, path in enumerate(self.mask_paths(clip)):
+            masks[i] = load_color_label(path, size, self.palette, crop=crop)
+            mask_valid[i] = True
+        return {
+            "frames": frames,
+            "audio": self.load_audio(clip),
+            "masks": masks,
+            "mask_valid": mask_valid,
+            "frame_valid": frame_valid,
+            "name": clip.name,
+        }
+
+
+DATASETS: dict[str, type[AVSBenchDataset]] = {
+    "s4": S4Dataset,
+    "ms3": MS3Dataset,
+    "avss": AVSSDataset,
+}
+
+
+def build_dataset(
+    task: str,
+    root: str | Path,
+    split: str,
+    img_size: int = 224,
+    audio_cache_dir: str | Path | None = None,
+) -> AVSBenchDataset:
+    """The ``split`` of ``task`` (``s4``, ``ms3`` or ``avss``) read from ``root``."""
+    dataset_class = DATASETS[_check_choice("task", task, TASKS)]
+    return dataset_class(root=root, split=split, img_size=img_size, audio_cache_dir=audio_cache_dir)

@@ -1,0 +1,116 @@
+"""The LightningDataModule over the AVSBench datasets (real or synthetic)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from avsac_lit.data.avsbench import SPLITS, TASKS, AVSBenchDataset, build_dataset
+
+
+class AVSDataModule(L.LightningDataModule):
+    """Train/val/test loaders for one AVSBench task.
+
+    Args:
+        task: ``s4``, ``ms3`` or ``avss``.
+        root: the user's copy of the task (see ``docs/data.md``), or where synthetic data goes.
+        img_size: side of the square frames and masks fed to the model.
+        train_batch_size: clips per training batch, per process.
+        eval_batch_size: clips per validation/test batch, per process. The protocol's F-score is a
+            mean of per-batch maxima, so it depends on this; 2 clips is AVSegFormer's setting, which
+            the published numbers use. Change it only knowingly.
+        num_workers: dataloader worker processes.
+        pin_memory: pin host memory (useful on GPU).
+        audio_cache_dir: where log-mels computed from wavs are cached; ``None`` for the default.
+        synthetic: if given, ``root`` is filled by the synthetic generator with these arguments
+            (``videos``, ``seed``, ``size``) unless it already holds a tree made with them.
+    """
+
+    def __init__(
+        self,
+        *,
+        task: str,
+        root: str | Path,
+        img_size: int = 224,
+        train_batch_size: int = 4,
+        eval_batch_size: int = 2,
+        num_workers: int = 4,
+        pin_memory: bool = False,
+        audio_cache_dir: str | Path | None = None,
+        synthetic: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"Unknown task {task!r}; expected one of {', '.join(TASKS)}.")
+        for name, value in (
+            ("train_batch_size", train_batch_size),
+            ("eval_batch_size", eval_batch_size),
+        ):
+            if value < 1:
+                raise ValueError(f"data.{name} must be at least 1 clip, got {value}.")
+        self.save_hyperparameters(logger=False)
+        self.datasets: dict[str, AVSBenchDataset] = {}
+
+    def prepare_data(self) -> None:
+        # Runs on one process: only IO here (generation, audio cache), never state.
+        hp = self.hparams
+        if hp.synthetic is not None and not _has_synthetic_tree(hp.root, hp.task, hp.synthetic):
+            from avsac_lit.data.synthetic import generate
+
+            generate(task=hp.task, out=hp.root, **hp.synthetic)
+        for split in SPLITS:
+            self._build(split).precompute_audio()
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+        for split in wanted.get(stage, SPLITS):
+            if split not in self.datasets:
+                self.datasets[split] = self._build(split)
+
+    def _build(self, split: str) -> AVSBenchDataset:
+        hp = self.hparams
+        return build_dataset(hp.task, hp.root, split, hp.img_size, hp.audio_cache_dir)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            self.setup(None)
+        workers = self.hparams.num_workers
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            pin_memory=self.hparams.pin_memory,
+            persistent_workers=workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.hparams.train_batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.hparams.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.hparams.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    @property
+    def num_classes(self) -> int:
+        if not self.datasets:
+            self.setup(None)
+        return next(iter(self.datasets.values())).num_classes
+
+
+def _has_synthetic_tree(root: str | Path, task: str, settings: dict[str, Any]) -> bool:
+    manifest_path = Path(root) / "manifest.json"
+    if not manifest_path.is_file():
+        return False
+    manifest = json.loads(manifest_path.read_text())
+    recorded = manifest.get("settings", {})
+    return manifest.get("task") == task and all(recorded.get(k) == v for k, v in settings.items())

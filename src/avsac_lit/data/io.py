@@ -1,0 +1,141 @@
+"""Reading the files of an AVSBench tree: frames, masks, colour labels and log-mel pickles.
+
+Every reader names the file it failed on, because a dataset has tens of thousands of them and a
+bare ``PIL.UnidentifiedImageError`` does not say which one is broken.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def open_image(path: Path, mode: str) -> Image.Image:
+    """Open ``path`` and convert it to the PIL ``mode``, with errors that name the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"Missing file: {path}")
+    try:
+        with Image.open(path) as image:
+            return image.convert(mode)
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(
+            f"Cannot read image {path}: {error}. Expected a PNG or JPEG file."
+        ) from error
+
+
+def resize_or_crop(image: Image.Image, size: int, *, crop: bool, is_mask: bool) -> Image.Image:
+    """Resize to ``size`` x ``size``: plainly, or short side to ``size`` then a centre crop.
+
+    Masks use nearest-neighbour so that labels are never blended; frames use bilinear, as PIL does
+    in torchvision's ``Resize`` that the reference code calls.
+    """
+    resample = Image.NEAREST if is_mask else Image.BILINEAR
+    if not crop:
+        return image.resize((size, size), resample)
+    width, height = image.size
+    scale = size / min(width, height)
+    new_width, new_height = max(size, int(width * scale)), max(size, int(height * scale))
+    image = image.resize((new_width, new_height), resample)
+    left = round((new_width - size) / 2)
+    top = round((new_height - size) / 2)
+    return image.crop((left, top, left + size, top + size))
+
+
+def load_frame(path: Path, size: int, *, crop: bool = False) -> torch.Tensor:
+    """An RGB frame as an ImageNet-normalised float tensor [3, size, size]."""
+    image = resize_or_crop(open_image(path, "RGB"), size, crop=crop, is_mask=False)
+    tensor = TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
+    return TF.normalize(tensor, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def load_binary_mask(path: Path, size: int) -> torch.Tensor:
+    """A sounding-object mask as float 0/1 [size, size].
+
+    Any non-zero pixel is foreground. The reference code relies on masks stored as exactly 0/255
+    (``convert('1')`` or ``/255``); ``> 0`` gives the same result on those and does not silently
+    produce fractional targets on masks saved with other values.
+    """
+    image = resize_or_crop(open_image(path, "L"), size, crop=False, is_mask=True)
+    return torch.from_numpy(np.asarray(image) > 0).float()
+
+
+def voc_palette(num_classes: int) -> np.ndarray:
+    """The PASCAL-VOC bit-interleaved colour map used by AVSBench-semantic, uint8 [num_classes, 3].
+
+    Class 0 is black (background), 1 is (128, 0, 0), 2 is (0, 128, 0), 3 is (128, 128, 0), ...
+    """
+    palette = np.zeros((num_classes, 3), dtype=np.uint8)
+    for index in range(num_classes):
+        code, red, green, blue = index, 0, 0, 0
+        for bit in range(8):
+            red |= ((code >> 0) & 1) << (7 - bit)
+            green |= ((code >> 1) & 1) << (7 - bit)
+            blue |= ((code >> 2) & 1) << (7 - bit)
+            code >>= 3
+        palette[index] = (red, green, blue)
+    return palette
+
+
+def rgb_to_class_ids(rgb: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Decode a colour label [H, W, 3] into class ids [H, W] by exact palette match.
+
+    Colours outside the palette decode to background (0), as in the reference decoder, which starts
+    from zeros and only writes the pixels that match a palette colour.
+    """
+    keys = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    palette_keys = (palette[:, 0].astype(np.int64) << 16) | (palette[:, 1].astype(np.int64) << 8)
+    palette_keys |= palette[:, 2]
+    order = np.argsort(palette_keys)
+    sorted_keys = palette_keys[order]
+    position = np.clip(np.searchsorted(sorted_keys, keys), 0, len(sorted_keys) - 1)
+    found = sorted_keys[position] == keys
+    return np.where(found, order[position], 0)
+
+
+def load_color_label(path: Path, size: int, palette: np.ndarray, *, crop: bool) -> torch.Tensor:
+    """An AVSS colour label (``labels_rgb/{i}.png``) as long class ids [size, size]."""
+    class_ids = rgb_to_class_ids(np.asarray(open_image(path, "RGB")), palette)
+    image = resize_or_crop(
+        Image.fromarray(class_ids.astype(np.uint8)), size, crop=crop, is_mask=True
+    )
+    return torch.from_numpy(np.asarray(image).astype(np.int64))
+
+
+def load_log_mel_pickle(path: Path, expected_shape: tuple[int, ...]) -> torch.Tensor:
+    """An AVSBench ``audio_log_mel/*.pkl``: a pickled torch tensor, checked against its shape.
+
+    These files are pickles by publication; only open ones from a source you trust.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"Missing file: {path}")
+    try:
+        with path.open("rb") as handle:
+            value = pickle.load(handle)
+    except Exception as error:
+        raise ValueError(
+            f"Cannot read log-mel pickle {path}: {error}. Expected a pickled torch tensor of "
+            f"shape {list(expected_shape)} as written by AVSBench's preprocessing."
+        ) from error
+    tensor = (value if torch.is_tensor(value) else torch.as_tensor(np.asarray(value))).float()
+    if tuple(tensor.shape) != tuple(expected_shape):
+        raise ValueError(
+            f"Log-mel pickle {path} has shape {list(tensor.shape)}, expected "
+            f"{list(expected_shape)} (frames, 1, 96 VGGish frames, 64 mel bands). Delete it to "
+            "have it recomputed from the wav, or regenerate it with AVSBench's preprocessing."
+        )
+    return tensor
+
+
+def save_log_mel_pickle(path: Path, examples: torch.Tensor) -> None:
+    """Write ``examples`` in AVSBench's pickle format (a pickled torch tensor)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        pickle.dump(examples.contiguous(), handle)

@@ -1,0 +1,74 @@
+"""Log-mel examples computed from wavs once and kept on disk.
+
+AVSS publishes only ``audio.wav``, and an S4/MS3 copy may lack some ``.pkl`` files. The reference
+AVSS code runs the VGGish front end on every batch in the main process; we run it once per wav and
+cache the result, keyed by the wav's absolute path and invalidated when the wav's size or
+modification time changes. The cache lives outside the dataset tree (which may be read-only) in
+``$AVSAC_CACHE_DIR`` or ``~/.cache/avsac_lit``, unless a directory is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from avsac_lit.data.audio import wav_to_examples
+
+# Bump when the front end's output changes, so that old caches are recomputed.
+FRONTEND_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$AVSAC_CACHE_DIR`` if set, else ``~/.cache/avsac_lit``, with ``log_mel`` appended."""
+    base = os.environ.get("AVSAC_CACHE_DIR") or Path.home() / ".cache" / "avsac_lit"
+    return Path(base) / "log_mel"
+
+
+class LogMelCache:
+    """Returns the VGGish log-mel examples [N, 1, 96, 64] of a wav, computing them at most once.
+
+    Args:
+        cache_dir: where the cached tensors go; ``None`` uses :func:`default_cache_dir`.
+    """
+
+    def __init__(self, cache_dir: str | Path | None = None) -> None:
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+
+    def path_for(self, wav_path: Path) -> Path:
+        resolved = wav_path.resolve()
+        digest = hashlib.sha1(str(resolved.parent).encode()).hexdigest()[:16]
+        return self.cache_dir / digest / f"{resolved.stem}.pt"
+
+    def load(self, wav_path: Path) -> torch.Tensor:
+        if not wav_path.is_file():
+            raise FileNotFoundError(f"Missing file: {wav_path}")
+        stat = wav_path.stat()
+        key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "version": FRONTEND_VERSION}
+        cached_path = self.path_for(wav_path)
+        if cached_path.is_file():
+            try:
+                cached = torch.load(cached_path, map_location="cpu", weights_only=True)
+                if cached.get("key") == key:
+                    return cached["examples"]
+            except Exception:  # a torn or stale cache file is simply recomputed
+                pass
+        examples = wav_to_examples(wav_path)
+        self._atomic_save(cached_path, {"key": key, "examples": examples})
+        return examples
+
+    @staticmethod
+    def _atomic_save(path: Path, payload: dict) -> None:
+        # Dataloader workers may compute the same wav at once; a rename is atomic, a write is not.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(handle)
+        try:
+            torch.save(payload, temporary)
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)

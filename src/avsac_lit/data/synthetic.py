@@ -1,0 +1,593 @@
+"""SynthAVS: synthetic AVSBench-format data that can only be solved by listening.
+
+``python -m avsac_lit.data.synthetic --task {s4,ms3,avss} --out DIR [--videos N] [--seed S]``
+writes a tree in exactly the published layout of the task (``docs/data.md``), which the ordinary
+loaders then read. The task in words (``docs/synthetic.md`` has the details):
+
+* Ten object categories, each with its own look (shape and colour) and its own sound (a harmonic
+  tone at its own pitch, with its own harmonic recipe and amplitude-modulation rate).
+* Every frame shows 2-4 objects of different categories moving over a textured background. Only
+  the sounding ones are in the ground truth, so a predictor that segments everything it sees is
+  wrong wherever a visible object is silent, which is most frames.
+* S4 (and AVSS v1s): one sounding category per clip. MS3 (and AVSS v1m, v2): 1-3 sounding objects,
+  and which ones sound changes from second to second; frame k shows second k of the audio.
+* About 10% of seconds have only an off-screen sound (a category not in the picture) or silence,
+  so their ground truth is empty.
+
+The manifest (``manifest.json``) records the settings, the categories and, per split, the scores of
+two reference predictors under the protocol's metrics: "segment every visible object" (the best a
+vision-only model can do without guessing) and the ground truth itself (the protocol's ceiling,
+which is below 1 in F where a batch has no annotated object).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from avsac_lit.data.audio import SAMPLE_RATE, wav_to_examples, write_wav
+from avsac_lit.data.avsbench import TASKS
+from avsac_lit.data.io import save_log_mel_pickle, voc_palette
+from avsac_lit.metrics import AVSSFScore, AVSSMeanIoU, ProtocolFScore, ProtocolJaccard
+
+GENERATOR_VERSION = 1
+DEFAULT_VIDEOS = {"s4": 300, "ms3": 300, "avss": 300}
+SPLIT_FRACTIONS = (("train", 0.7), ("val", 0.15), ("test", 0.15))
+EMPTY_SECOND_PROBABILITY = 0.1
+# Logit magnitude for scoring hard 0/1 predictions: sigmoid(20) rounds to 1 in float32 (and so
+# clears even the protocol's last F threshold of 1.0), sigmoid(-20) to ~2e-9.
+HARD_LOGIT = 20.0
+
+
+@dataclass(frozen=True)
+class Category:
+    """One kind of object: how it looks and how it sounds."""
+
+    name: str
+    shape: str
+    color: tuple[int, int, int]
+    pitch_hz: float
+    modulation_hz: float
+    harmonics: tuple[float, ...]  # amplitude of harmonic 1, 2, 3, ...
+
+
+# Pitches are about four semitones apart so that their harmonics fall in different mel bands;
+# modulation rates are shuffled against pitch so that neither cue alone orders the categories.
+CATEGORIES: tuple[Category, ...] = (
+    Category("red_disc", "disc", (220, 50, 47), 165.0, 3.0, (1.0, 0.5, 0.33, 0.25)),
+    Category("green_square", "square", (60, 170, 60), 220.0, 11.0, (1.0, 0.0, 0.33, 0.0, 0.2)),
+    Category("blue_triangle", "triangle", (38, 100, 210), 277.0, 6.0, (1.0, 0.8)),
+    Category("yellow_diamond", "diamond", (235, 200, 40), 349.0, 14.0, (1.0,)),
+    Category("magenta_ring", "ring", (205, 50, 170), 440.0, 2.0, (1.0, 0.3, 0.6)),
+    Category("cyan_cross", "cross", (40, 200, 210), 554.0, 8.0, (1.0, 0.6, 0.0, 0.4)),
+    Category("orange_star", "star", (245, 130, 30), 698.0, 4.0, (1.0, 0.25)),
+    Category("white_hexagon", "hexagon", (240, 240, 240), 880.0, 12.0, (1.0, 0.0, 0.5)),
+    Category("purple_bar", "bar", (130, 70, 200), 1109.0, 5.0, (1.0, 0.7, 0.5)),
+    Category("brown_crescent", "crescent", (140, 90, 45), 1397.0, 9.0, (1.0, 0.4)),
+)
+
+
+def _disc(x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
+    return x**2 + y**2 <= r**2
+
+
+def _triangle(x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
+    # Apex up (image y grows downwards); the three half-planes of an equilateral triangle.
+    root3 = np.sqrt(3.0)
+    return (y <= 0.5 * r) & (root3 * x - y <= r) & (-root3 * x - y <= r)
+
+
+def _star(x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
+    angle = np.arctan2(y, x)
+    return np.hypot(x, y) <= r * (0.62 + 0.38 * np.cos(5 * angle))
+
+
+def _hexagon(x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
+    ax, ay = np.abs(x), np.abs(y)
+    return (ay <= 0.866 * r) & (0.866 * ax + 0.5 * ay <= 0.866 * r)
+
+
+def _crescent(x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
+    return _disc(x, y, r) & ~_disc(x - 0.45 * r, y + 0.1 * r, 0.8 * r)
+
+
+SHAPES: dict[str, Callable[[np.ndarray, np.ndarray, float], np.ndarray]] = {
+    "disc": _disc,
+    "square": lambda x, y, r: np.maximum(np.abs(x), np.abs(y)) <= 0.8 * r,
+    "triangle": _triangle,
+    "diamond": lambda x, y, r: np.abs(x) + np.abs(y) <= r,
+    "ring": lambda x, y, r: (x**2 + y**2 <= r**2) & (x**2 + y**2 >= (0.55 * r) ** 2),
+    "cross": lambda x, y, r: (
+        ((np.abs(x) <= 0.3 * r) & (np.abs(y) <= r)) | ((np.abs(y) <= 0.3 * r) & (np.abs(x) <= r))
+    ),
+    "star": _star,
+    "hexagon": _hexagon,
+    "bar": lambda x, y, r: (np.abs(x) <= r) & (np.abs(y) <= 0.35 * r),
+    "crescent": _crescent,
+}
+
+
+@dataclass
+class SceneObject:
+    category: int
+    radius: float
+    position: np.ndarray  # (x, y) at frame 0, pixels
+    velocity: np.ndarray  # pixels per frame
+
+
+@dataclass
+class SynthClip:
+    """One generated clip in memory, before it is written in a task's layout."""
+
+    name: str
+    split: str
+    frames: np.ndarray  # uint8 [T, H, W, 3]
+    owner: np.ndarray  # int [T, H, W]: category index of the topmost object, -1 for background
+    sounding: list[list[int]]  # per second: categories heard (visible or not)
+    visible: list[int]
+    audio: np.ndarray  # float [T * SAMPLE_RATE]
+    label: str = ""  # AVSS: v1s, v1m or v2
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)
+
+    def sounding_visible(self, k: int) -> list[int]:
+        return [c for c in self.sounding[k] if c in self.visible]
+
+    def class_ids(self, k: int, *, sounding_only: bool) -> np.ndarray:
+        """Per-pixel class ids (category + 1, 0 = background) of frame k [H, W]."""
+        keep = self.sounding_visible(k) if sounding_only else self.visible
+        owner = self.owner[k]
+        return np.where(np.isin(owner, keep), owner + 1, 0)
+
+
+def _sounding_schedule(
+    rng: np.random.Generator, visible: list[int], seconds: int, multi_source: bool
+) -> list[list[int]]:
+    off_screen = [c for c in range(len(CATEGORIES)) if c not in visible]
+    single = [visible[0]]
+    schedule: list[list[int]] = []
+    previous: list[int] = []
+    for _ in range(seconds):
+        if rng.random() < EMPTY_SECOND_PROBABILITY:
+            # Only an off-screen sound, or silence: the ground truth of this frame is empty.
+            current = [int(rng.choice(off_screen))] if rng.random() < 0.5 else []
+        elif not multi_source:
+            current = single
+        else:
+            # At most all but one visible object sounds, so a silent object is always on screen.
+            most = min(3, len(visible) - 1)
+            for _attempt in range(10):
+                count = int(rng.integers(1, most + 1))
+                current = sorted(int(c) for c in rng.choice(visible, size=count, replace=False))
+                if current != previous:
+                    break
+        schedule.append(current)
+        previous = current
+    return schedule
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A muted, textured background: oriented gratings plus smooth noise, float [H, W, 3]."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    base = rng.uniform(70, 150, size=3)
+    texture = np.zeros((height, width))
+    for _ in range(3):
+        angle, wavelength = rng.uniform(0, np.pi), rng.uniform(8, 40)
+        phase = rng.uniform(0, 2 * np.pi)
+        texture += np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / wavelength + phase)
+    coarse = rng.normal(size=(height // 16 + 2, width // 16 + 2))
+    smooth = np.asarray(
+        Image.fromarray(coarse.astype(np.float32)).resize((width, height), Image.BILINEAR)
+    )
+    tint = rng.uniform(-1, 1, size=3)
+    return base + 9 * texture[..., None] + 14 * smooth[..., None] * (0.6 + 0.4 * tint)
+
+
+def _place_objects(
+    rng: np.random.Generator, visible: list[int], height: int, width: int, num_frames: int
+) -> list[SceneObject]:
+    objects: list[SceneObject] = []
+    for category in visible:
+        radius = rng.uniform(0.09, 0.14) * height
+        for _attempt in range(100):
+            position = np.array(
+                [rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)]
+            )
+            if all(np.hypot(*(position - o.position)) >= radius + o.radius for o in objects):
+                break
+        # Slow enough that an object crosses at most about half the frame over the clip.
+        speed = rng.uniform(0.1, 0.5) * height / num_frames
+        direction = rng.uniform(0, 2 * np.pi)
+        velocity = speed * np.array([np.cos(direction), np.sin(direction)])
+        objects.append(SceneObject(category, radius, position, velocity))
+    return objects
+
+
+def _reflect(value: float, low: float, high: float) -> float:
+    span = high - low
+    folded = (value - low) % (2 * span)
+    return low + (folded if folded <= span else 2 * span - folded)
+
+
+def _render(
+    rng: np.random.Generator, objects: list[SceneObject], height: int, width: int, num_frames: int
+) -> tuple[np.ndarray, np.ndarray]:
+    background = _background(rng, height, width)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    colors = [np.array(CATEGORIES[o.category].color, dtype=np.float64) for o in objects]
+    colors = [np.clip(c + rng.uniform(-12, 12, size=3), 0, 255) for c in colors]
+    frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
+    owner = np.full((num_frames, height, width), -1, dtype=np.int64)
+    for k in range(num_frames):
+        image = background.copy()
+        for obj, color in zip(objects, colors, strict=True):  # list order is depth order
+            cx = _reflect(obj.position[0] + k * obj.velocity[0], obj.radius, width - obj.radius)
+            cy = _reflect(obj.position[1] + k * obj.velocity[1], obj.radius, height - obj.radius)
+            inside = SHAPES[CATEGORIES[obj.category].shape](x - cx, y - cy, obj.radius)
+            # A soft light from the top-left, so objects are not flat stickers.
+            shade = 1.0 + 0.12 * ((cx - x) + (cy - y)) / obj.radius
+            image[inside] = np.clip(color[None, :] * shade[inside][:, None], 0, 255)
+            owner[k][inside] = obj.category
+        noise = rng.normal(0, 3, size=image.shape)
+        frames[k] = np.clip(image + noise, 0, 255).round().astype(np.uint8)
+    return frames, owner
+
+
+def _tone(rng: np.random.Generator, category: Category, samples: int) -> np.ndarray:
+    t = np.arange(samples) / SAMPLE_RATE
+    pitch = category.pitch_hz * rng.uniform(0.98, 1.02)
+    wave = np.zeros(samples)
+    for order, amplitude in enumerate(category.harmonics, start=1):
+        if amplitude:
+            wave += amplitude * np.sin(2 * np.pi * order * pitch * t + rng.uniform(0, 2 * np.pi))
+    modulation = 0.6 + 0.4 * np.sin(2 * np.pi * category.modulation_hz * t + rng.uniform(0, 6.3))
+    return wave * modulation / np.abs(wave).max()
+
+
+def _envelope(active_seconds: list[bool]) -> np.ndarray:
+    """1 during the seconds a source sounds, with 20 ms raised-cosine ramps to avoid clicks."""
+    gate = np.repeat(np.asarray(active_seconds, dtype=np.float64), SAMPLE_RATE)
+    ramp = int(0.02 * SAMPLE_RATE)
+    kernel = np.hanning(2 * ramp + 1)
+    return np.convolve(gate, kernel / kernel.sum(), mode="same")
+
+
+def _mix(rng: np.random.Generator, schedule: list[list[int]]) -> np.ndarray:
+    seconds = len(schedule)
+    samples = seconds * SAMPLE_RATE
+    audio = rng.normal(0, 0.003, size=samples)
+    for category in sorted({c for second in schedule for c in second}):
+        active = [category in second for second in schedule]
+        gain = rng.uniform(0.5, 1.0)
+        audio += gain * _tone(rng, CATEGORIES[category], samples) * _envelope(active)
+    return audio * rng.uniform(0.5, 0.9) / max(np.abs(audio).max(), 1e-9)
+
+
+def make_clip(
+    seed: int, task: str, index: int, split: str, height: int, label: str = ""
+) -> SynthClip:
+    """Generate clip ``index`` of ``task``; the same arguments always give the same clip."""
+    rng = np.random.default_rng([seed, TASKS.index(task), index])
+    num_frames = 10 if label == "v2" else 5
+    width = round(height * 4 / 3) if task == "avss" else height
+    multi_source = task == "ms3" or label in ("v1m", "v2")
+    count = int(rng.integers(2, 5))
+    visible = [int(c) for c in rng.choice(len(CATEGORIES), size=count, replace=False)]
+    schedule = _sounding_schedule(rng, visible, num_frames, multi_source)
+    objects = _place_objects(rng, visible, height, width, num_frames)
+    rng.shuffle(objects)  # depth order independent of which object sounds
+    frames, owner = _render(rng, objects, height, width, num_frames)
+    return SynthClip(
+        name=f"synth{index:05d}",
+        split=split,
+        frames=frames,
+        owner=owner,
+        sounding=schedule,
+        visible=visible,
+        audio=_mix(rng, schedule),
+        label=label,
+    )
+
+
+def _assign_splits(rng: np.random.Generator, videos: int) -> list[str]:
+    order = rng.permutation(videos)
+    splits = [""] * videos
+    start = 0
+    for position, (split, fraction) in enumerate(SPLIT_FRACTIONS):
+        stop = (
+            videos
+            if position == len(SPLIT_FRACTIONS) - 1
+            else start + max(1, round(fraction * videos))
+        )
+        for i in order[start:stop]:
+            splits[i] = split
+        start = stop
+    return splits
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, optimize=False)
+
+
+class _Writer:
+    """Writes clips in one task's published layout and collects the reference scores."""
+
+    def __init__(self, task: str, out: Path) -> None:
+        self.task, self.out = task, out
+        self.rows: list[list[str]] = []
+        self.scorers: dict[str, dict[str, list]] = {}
+
+    def write(self, clip: SynthClip) -> None:
+        getattr(self, f"_write_{self.task}")(clip)
+
+    def _audio_files(self, clip: SynthClip, wav: Path, pickle: Path | None) -> None:
+        write_wav(wav, clip.audio, SAMPLE_RATE)
+        if pickle is not None:
+            # From the int16 wav as written, like AVSBench's preprocessing, so that a loader that
+            # falls back to the wav gets the very same examples.
+            save_log_mel_pickle(pickle, wav_to_examples(wav))
+
+    def _binary_masks(self, clip: SynthClip, paths: list[Path]) -> None:
+        for k, path in enumerate(paths):
+            _save_png(path, (clip.class_ids(k, sounding_only=True) > 0).astype(np.uint8) * 255)
+
+    def _write_s4(self, clip: SynthClip) -> None:
+        category = CATEGORIES[clip.visible[0]].name
+        self.rows.append([clip.name, "0", category, clip.split])
+        data = self.out / "s4_data"
+        sub = Path(clip.split) / category
+        for k in range(clip.num_frames):
+            path = data / "visual_frames" / sub / clip.name / f"{clip.name}_{k + 1}.png"
+            _save_png(path, clip.frames[k])
+        annotated = 1 if clip.split == "train" else clip.num_frames
+        masks = [
+            data / "gt_masks" / sub / clip.name / f"{clip.name}_{k + 1}.png"
+            for k in range(annotated)
+        ]
+        self._binary_masks(clip, masks)
+        self._audio_files(
+            clip,
+            data / "audio_wav" / sub / f"{clip.name}.wav",
+            data / "audio_log_mel" / sub / f"{clip.name}.pkl",
+        )
+        self._score_binary(clip, annotated)
+
+    def _write_ms3(self, clip: SynthClip) -> None:
+        self.rows.append([clip.name, clip.split])
+        data = self.out / "ms3_data"
+        for k in range(clip.num_frames):
+            _save_png(
+                data / "visual_frames" / clip.name / f"{clip.name}.mp4_{k + 1}.png", clip.frames[k]
+            )
+        folder = data / "gt_masks" / clip.split / clip.name
+        self._binary_masks(
+            clip, [folder / f"{clip.name}_{k + 1}.png" for k in range(clip.num_frames)]
+        )
+        self._audio_files(
+            clip,
+            data / "audio_wav" / clip.split / f"{clip.name}.wav",
+            data / "audio_log_mel" / clip.split / f"{clip.name}.pkl",
+        )
+        self._score_binary(clip, clip.num_frames)
+
+    def _write_avss(self, clip: SynthClip) -> None:
+        heard = sorted({c for second in clip.sounding for c in second if c in clip.visible})
+        objects = "_".join(CATEGORIES[c].name for c in heard)
+        self.rows.append([clip.name, clip.name, "0", "0", objects, clip.split, clip.label])
+        folder = self.out / clip.label / clip.name
+        palette = voc_palette(len(CATEGORIES) + 1)
+        for k in range(clip.num_frames):
+            path = folder / "frames" / f"{k}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(clip.frames[k]).save(path, quality=95)
+        annotated = 1 if (clip.label == "v1s" and clip.split == "train") else clip.num_frames
+        for k in range(annotated):
+            _save_png(
+                folder / "labels_rgb" / f"{k}.png", palette[clip.class_ids(k, sounding_only=True)]
+            )
+        self._audio_files(clip, folder / "audio.wav", None)
+        self._score_avss(clip, annotated)
+
+    # Reference predictors, scored per protocol batch of 2 clips in metadata order.
+    def _scorer(self, split: str) -> dict[str, list]:
+        if split not in self.scorers:
+            self.scorers[split] = {"pending": [], "vision_only": [], "ground_truth": []}
+            if self.task == "avss":
+                metrics = {
+                    name: [
+                        AVSSMeanIoU(num_classes=len(CATEGORIES) + 1),
+                        AVSSFScore(num_classes=len(CATEGORIES) + 1),
+                    ]
+                    for name in ("vision_only", "ground_truth")
+                }
+            else:
+                metrics = {
+                    name: [ProtocolJaccard(), ProtocolFScore()]
+                    for name in ("vision_only", "ground_truth")
+                }
+            self.scorers[split].update(metrics)
+        return self.scorers[split]
+
+    def _score_binary(self, clip: SynthClip, annotated: int) -> None:
+        target = np.stack([clip.class_ids(k, sounding_only=True) > 0 for k in range(annotated)])
+        seen = np.stack([clip.class_ids(k, sounding_only=False) > 0 for k in range(annotated)])
+        self._add(clip.split, target, {"vision_only": seen, "ground_truth": target})
+
+    def _score_avss(self, clip: SynthClip, annotated: int) -> None:
+        # The protocol scores all 10 frames of a clip, padding included (see docs/metrics.md).
+        height, width = clip.frames.shape[1:3]
+        target = np.zeros((10, height, width), dtype=np.int64)
+        seen = np.zeros_like(target)
+        for k in range(annotated):
+            target[k] = clip.class_ids(k, sounding_only=True)
+        for k in range(clip.num_frames):
+            seen[k] = clip.class_ids(k, sounding_only=False)
+        if annotated < clip.num_frames:
+            # Frames without a label are not scored by the reference either; drop them here.
+            keep = np.arange(10) < annotated
+            keep[clip.num_frames :] = True
+            target, seen = target[keep], seen[keep]
+        self._add(clip.split, target, {"vision_only": seen, "ground_truth": target})
+
+    def _add(self, split: str, target: np.ndarray, predictions: dict[str, np.ndarray]) -> None:
+        scorer = self._scorer(split)
+        scorer["pending"].append((target, predictions))
+        if len(scorer["pending"]) == 2:
+            self._flush(split)
+
+    def _flush(self, split: str) -> None:
+        scorer = self.scorers[split]
+        if not scorer["pending"]:
+            return
+        target = torch.from_numpy(np.concatenate([t for t, _ in scorer["pending"]]))
+        for name in ("vision_only", "ground_truth"):
+            prediction = torch.from_numpy(np.concatenate([p[name] for _, p in scorer["pending"]]))
+            if self.task == "avss":
+                num_classes = len(CATEGORIES) + 1
+                logits = (
+                    torch.nn.functional.one_hot(prediction, num_classes).permute(0, 3, 1, 2).float()
+                )
+                metric_target = target.long()
+            else:
+                logits = (prediction.float() * 2 - 1) * HARD_LOGIT
+                metric_target = target.float()
+            for metric in scorer[name]:
+                metric.update(logits, metric_target)
+        scorer["pending"].clear()
+
+    def scores(self) -> dict[str, dict[str, dict[str, float]]]:
+        results = {}
+        for split, scorer in self.scorers.items():
+            self._flush(split)
+            results[split] = {
+                name: dict(
+                    zip(
+                        ("miou", "fscore"),
+                        (round(float(m.compute()), 4) for m in scorer[name]),
+                        strict=True,
+                    )
+                )
+                for name in ("vision_only", "ground_truth")
+            }
+        return results
+
+    def write_metadata(self) -> None:
+        headers = {
+            "s4": ["name", "start", "category", "split"],
+            "ms3": ["name", "split"],
+            "avss": ["vid", "uid", "s_min", "s_sec", "a_obj", "split", "label"],
+        }
+        with (self.out / _metadata_name(self.task)).open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(headers[self.task])
+            writer.writerows(self.rows)
+        if self.task == "avss":
+            label_to_index = {"background": 1} | {c.name: i + 2 for i, c in enumerate(CATEGORIES)}
+            (self.out / "label2idx.json").write_text(json.dumps(label_to_index, indent=2))
+
+
+def _metadata_name(task: str) -> str:
+    return {"s4": "s4_meta_data.csv", "ms3": "ms3_meta_data.csv", "avss": "metadata.csv"}[task]
+
+
+def _clip_plan(task: str, videos: int, seed: int) -> Iterator[tuple[int, str, str]]:
+    rng = np.random.default_rng([seed, TASKS.index(task), 1_000_003])
+    splits = _assign_splits(rng, videos)
+    labels = rng.choice(["v1s", "v1m", "v2"], size=videos, p=[0.4, 0.3, 0.3])
+    for index in range(videos):
+        yield index, splits[index], str(labels[index]) if task == "avss" else ""
+
+
+def generate(
+    task: str, out: str | Path, videos: int | None = None, seed: int = 0, size: int = 224
+) -> dict:
+    """Write a SynthAVS tree for ``task`` under ``out`` and return its manifest.
+
+    Args:
+        task: ``s4``, ``ms3`` or ``avss``.
+        out: the tree's root (the equivalent of ``Single-source/``, ``Multi-sources/`` or
+            ``AVSBench-semantic/``). Existing files of an earlier generation are overwritten.
+        videos: number of clips over all splits (70/15/15 %); default 300.
+        seed: the whole tree is a function of (task, videos, seed, size).
+        size: frame height in pixels (AVSBench's frames are 224 x 224; AVSS ones are 4:3).
+    """
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; expected one of {', '.join(TASKS)}.")
+    videos = DEFAULT_VIDEOS[task] if videos is None else videos
+    if videos < 3:
+        raise ValueError(f"--videos must be at least 3 (one clip per split), got {videos}.")
+    if size < 32:
+        raise ValueError(f"--size must be at least 32 pixels, got {size}.")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    writer = _Writer(task, out)
+    stats: dict[str, dict[str, int]] = {}
+    for index, split, label in _clip_plan(task, videos, seed):
+        clip = make_clip(seed, task, index, split, size, label)
+        writer.write(clip)
+        split_stats = stats.setdefault(split, {"clips": 0, "frames": 0, "empty_gt_frames": 0})
+        split_stats["clips"] += 1
+        split_stats["frames"] += clip.num_frames
+        split_stats["empty_gt_frames"] += sum(
+            not clip.sounding_visible(k) for k in range(clip.num_frames)
+        )
+    writer.write_metadata()
+    scores = writer.scores()
+    manifest = {
+        "generator": "avsac_lit.data.synthetic",
+        "version": GENERATOR_VERSION,
+        "task": task,
+        "settings": {"videos": videos, "seed": seed, "size": size},
+        "categories": [asdict(c) for c in CATEGORIES],
+        "splits": {
+            split: stats[split] | {"reference_scores": scores[split]}
+            for split, _ in SPLIT_FRACTIONS
+            if split in stats
+        },
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest["seconds"] = round(time.perf_counter() - started, 1)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m avsac_lit.data.synthetic",
+        description="Write a SynthAVS tree in the published AVSBench layout of a task.",
+    )
+    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--out", required=True, type=Path, help="root of the tree to write")
+    parser.add_argument(
+        "--videos", type=int, default=None, help="clips over all splits (default 300)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=224, help="frame height in pixels")
+    args = parser.parse_args(argv)
+    try:
+        manifest = generate(args.task, args.out, args.videos, args.seed, args.size)
+    except ValueError as error:
+        parser.error(str(error))
+    from avsac_lit.data.check import print_manifest
+
+    print_manifest(
+        manifest,
+        title=f"SynthAVS-{args.task.upper()} written to {args.out} in {manifest['seconds']} s",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Shared fixtures: small SynthAVS trees, generated once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from avsac_lit.data.synthetic import generate
+
+# Small frames and few clips keep generation to a few seconds; the layout is the full one.
+TINY = {"s4": 8, "ms3": 8, "avss": 12}
+TINY_SIZE = 64
+
+
+@pytest.fixture(autouse=True)
+def _isolated_audio_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    # Never write log-mel caches into the user's home directory from a test.
+    monkeypatch.setenv("AVSAC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "avsac_cache"))
+
+
+@pytest.fixture(scope="session")
+def synth_trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """{task: root} of one tiny generated tree per task. Tests must not modify them."""
+    roots = {}
+    for task, videos in TINY.items():
+        root = tmp_path_factory.mktemp(f"synth_{task}")
+        generate(task=task, out=root, videos=videos, seed=7, size=TINY_SIZE)
+        roots[task] = root
+    return roots
+
+
+@pytest.fixture
+def synth_copy(synth_trees: dict[str, Path], tmp_path: Path):
+    """A function returning a private copy of a task's tree, for tests that break files."""
+    import shutil
+
+    def copy(task: str) -> Path:
+        destination = tmp_path / f"copy_{task}"
+        shutil.copytree(synth_trees[task], destination)
+        return destination
+
+    return copy
