@@ -207,7 +207,7 @@ def test_pickle_of_wrong_shape_names_file_and_both_shapes(synth_copy):
 
 def test_missing_audio_names_both_candidates(synth_copy):
     root = synth_copy("ms3")
-    dataset = build_dataset("ms3", root, "test", img_size=IMG)
+    dataset = build_dataset("ms3", root, "train", img_size=IMG)
     pickle_path, wav_path = dataset.audio_paths(dataset.clips[1])
     pickle_path.unlink()
     wav_path.unlink()

@@ -1,0 +1,161 @@
+"""The AVSBench evaluation protocol as pure functions, quirks included (see docs/metrics.md).
+
+S4/MS3 (``avs_scripts/avs_s4/utils/utility.py`` in AVSBench, identical in AVSegFormer):
+``mask_iou`` and ``f_measure`` score one evaluation batch of frames; the protocol then averages the
+per-batch values. AVSS (``compute_color_metrics.py``): ``avss_frame_stats`` sums per-frame,
+per-class IoU and F, and ``avss_miou_fscore`` turns sums over a split into mIoU and F.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+IOU_EPS = 1e-7
+PR_EPS = 1e-20
+BETA2 = 0.3
+NUM_THRESHOLDS = 255
+# float64 machine epsilon, which the AVSS reference adds to the union.
+AVSS_EPS = 2.220446049250313e-16
+
+
+def _check_pair(logits: Tensor, target: Tensor, ndim: int, layout: str) -> None:
+    if logits.dim() != ndim:
+        raise ValueError(f"Expected logits of shape {layout}, got {list(logits.shape)}.")
+    expected = logits.shape if ndim == 3 else (logits.shape[0], *logits.shape[2:])
+    if tuple(target.shape) != tuple(expected):
+        raise ValueError(
+            f"Target shape {list(target.shape)} does not match logits shape {list(logits.shape)}."
+        )
+
+
+def mask_iou(logits: Tensor, target: Tensor) -> Tensor:
+    """The protocol's Jaccard of one batch of frames (0-dim tensor).
+
+    Args:
+        logits: [N, H, W] mask logits; a pixel is foreground where sigmoid(logit) > 0.5.
+        target: [N, H, W] ground truth, 0/1.
+
+    Per frame inter/union, averaged over the N frames. A frame whose ground truth is empty scores
+    its true-negative fraction (the share of pixels predicted background) instead of 0/0.
+    """
+    _check_pair(logits, target, 3, "[N, H, W]")
+    num_pixels = logits.shape[-1] * logits.shape[-2]
+    prediction = (torch.sigmoid(logits) > 0.5).int()
+    target = target.int()
+    empty = target.sum(dim=(1, 2)) == 0
+    inter = (prediction * target).sum(dim=(1, 2)).float()
+    union = torch.maximum(prediction, target).sum(dim=(1, 2)).float()
+    true_negative = ((1 - target) * (1 - prediction)).sum(dim=(1, 2)).float()
+    inter = torch.where(empty, true_negative, inter)
+    union = torch.where(empty, torch.full_like(union, num_pixels), union)
+    return torch.sum(inter / (union + IOU_EPS)) / logits.shape[0]
+
+
+def f_measure_curves(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Sum over frames with non-empty ground truth of their F-vs-threshold curves.
+
+    Returns:
+        (curve_sum [255] float32, count 0-dim): the sum of the per-frame F curves at the
+        thresholds ``linspace(0, 1 - 1e-10, 255)`` and the number of frames summed.
+    """
+    _check_pair(logits, target, 3, "[N, H, W]")
+    # In float32 the last threshold, 1 - 1e-10, is exactly 1.0, as in the reference.
+    thresholds = torch.linspace(0, 1 - 1e-10, NUM_THRESHOLDS, device=logits.device)
+    probabilities = torch.sigmoid(logits.float()).flatten(1)
+    target = target.float().flatten(1)
+    curve_sum = torch.zeros(NUM_THRESHOLDS, device=logits.device)
+    count = torch.zeros((), device=logits.device)
+    for probability, truth in zip(probabilities, target, strict=True):
+        if truth.mean() == 0:
+            continue
+        # One frame at a time bounds memory to [255, H*W]. Sums of 0/1 floats are exact, so this
+        # equals the reference's per-threshold loop bit for bit.
+        binary = (probability[None, :] >= thresholds[:, None]).float()
+        true_positive = binary @ truth
+        precision = true_positive / (binary.sum(dim=1) + PR_EPS)
+        recall = true_positive / (truth.sum() + PR_EPS)
+        f_score = (1 + BETA2) * precision * recall / (BETA2 * precision + recall)
+        curve_sum += torch.nan_to_num(f_score, nan=0.0)
+        count += 1
+    return curve_sum, count
+
+
+def f_measure(logits: Tensor, target: Tensor) -> Tensor:
+    """The protocol's F-score of one batch of frames (0-dim tensor).
+
+    Args:
+        logits: [N, H, W] mask logits.
+        target: [N, H, W] ground truth, 0/1.
+
+    beta^2 = 0.3. Frames with empty ground truth are skipped; the F curves of the others are
+    averaged and the maximum over the 255 thresholds returned. A batch without any non-empty frame
+    scores 0, and the protocol still counts it in the mean over batches.
+    """
+    curve_sum, count = f_measure_curves(logits, target)
+    if count == 0:
+        return torch.zeros((), device=logits.device)
+    return (curve_sum / count).max()
+
+
+def avss_frame_stats(
+    logits: Tensor, target: Tensor, num_classes: int = 71
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-class sums over frames of IoU and F, and per-class frame counts.
+
+    Args:
+        logits: [N, C, H, W] class logits (the prediction is their argmax).
+        target: [N, H, W] class ids in [0, num_classes).
+
+    Returns:
+        (iou_sum [C], f_sum [C], count [C]), float32. ``count[c]`` is the number of frames in which
+        class c is predicted or present. F is 0 where precision or recall is undefined.
+    """
+    _check_pair(logits, target, 4, "[N, C, H, W]")
+    if logits.shape[1] != num_classes:
+        raise ValueError(
+            f"logits have {logits.shape[1]} classes, expected num_classes={num_classes}."
+        )
+    target = target.long()
+    if target.numel() and (target.min() < 0 or target.max() >= num_classes):
+        bad = target.min() if target.min() < 0 else target.max()
+        raise ValueError(f"Target holds class id {int(bad)}, outside [0, {num_classes}).")
+    prediction = logits.argmax(dim=1)
+    device = logits.device
+    iou_sum = torch.zeros(num_classes, device=device)
+    f_sum = torch.zeros(num_classes, device=device)
+    count = torch.zeros(num_classes, device=device)
+    for predicted, truth in zip(prediction, target, strict=True):
+        area_inter = torch.bincount(predicted[predicted == truth], minlength=num_classes).float()
+        area_pred = torch.bincount(predicted.flatten(), minlength=num_classes).float()
+        area_label = torch.bincount(truth.flatten(), minlength=num_classes).float()
+        area_union = area_pred + area_label - area_inter
+        iou_sum += area_inter / (AVSS_EPS + area_union)
+        count += (area_union > 0).float()
+        precision = area_inter / area_pred
+        recall = area_inter / area_label
+        f_score = (1 + BETA2) * precision * recall / (BETA2 * precision + recall)
+        f_sum += torch.nan_to_num(f_score, nan=0.0, posinf=0.0, neginf=0.0)
+    return iou_sum, f_sum, count
+
+
+def avss_scores_from_stats(iou_sum: Tensor, f_sum: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
+    """(mIoU, F): per-class sums divided by counts, NaN to 0, mean over all classes."""
+    miou = torch.nan_to_num(iou_sum / count, nan=0.0).mean()
+    fscore = torch.nan_to_num(f_sum / count, nan=0.0).mean()
+    return miou, fscore
+
+
+def avss_miou_fscore(
+    logits: Tensor, target: Tensor, num_classes: int = 71
+) -> tuple[Tensor, Tensor]:
+    """The protocol's AVSS mIoU and F of the given frames taken as one split.
+
+    Args:
+        logits: [N, C, H, W] class logits.
+        target: [N, H, W] class ids.
+
+    Every class counts in the mean, background (0) included; a class never predicted nor present
+    scores 0.
+    """
+    return avss_scores_from_stats(*avss_frame_stats(logits, target, num_classes))
