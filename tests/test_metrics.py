@@ -1,0 +1,267 @@
+"""The protocol's metrics against hand-computed cases, one per quirk, and slow reference loops."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from avsac_lit.metrics import (
+    AVSSFScore,
+    AVSSMeanIoU,
+    PooledFScore,
+    ProtocolFScore,
+    ProtocolJaccard,
+    avss_frame_stats,
+    avss_miou_fscore,
+    f_measure,
+    f_measure_curves,
+    mask_iou,
+)
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+# Frame A: GT covers the top row; the prediction covers the left column.
+TARGET_A = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+LOGITS_A = torch.tensor([[5.0, -5.0], [5.0, -5.0]])
+# Frame B: empty GT; one pixel predicted.
+TARGET_B = torch.zeros(2, 2)
+LOGITS_B = torch.tensor([[5.0, -5.0], [-5.0, -5.0]])
+
+# Frame F: GT on the top row; probabilities 0.9 (GT), 0.2 (GT), 0.6, 0.1. By threshold range:
+#   th <= 0.1       : 4 predicted, tp 2 -> P 1/2, R 1   -> F = 1.3*.5/(.15+1)  = 0.565217
+#   0.1 < th <= 0.2 : 3 predicted, tp 2 -> P 2/3, R 1   -> F = 1.3*(2/3)/1.2  = 0.722222
+#   0.2 < th <= 0.6 : 2 predicted, tp 1 -> P 1/2, R 1/2 -> F = 1.3*.25/.65    = 0.5
+#   0.6 < th <= 0.9 : 1 predicted, tp 1 -> P 1,   R 1/2 -> F = 1.3*.5/.8      = 0.8125
+#   th > 0.9        : none, 0/0 -> NaN -> 0
+TARGET_F = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+LOGITS_F = torch.tensor([[logit(0.9), logit(0.2)], [logit(0.6), logit(0.1)]])
+# Frame G: its one GT pixel has probability 0.15, the rest 0.05, so F = 1 only for
+# 0.05 < th <= 0.15, and 0 above 0.15.
+TARGET_G = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+LOGITS_G = torch.tensor([[logit(0.05), logit(0.05)], [logit(0.05), logit(0.15)]])
+
+
+def test_mask_iou_ordinary_and_empty_frames():
+    assert mask_iou(LOGITS_A[None], TARGET_A[None]).item() == pytest.approx(1 / 3)
+    # Empty GT: the true-negative fraction, 3 of 4 pixels predicted background.
+    assert mask_iou(LOGITS_B[None], TARGET_B[None]).item() == pytest.approx(0.75)
+    both = mask_iou(torch.stack([LOGITS_A, LOGITS_B]), torch.stack([TARGET_A, TARGET_B]))
+    assert both.item() == pytest.approx((1 / 3 + 0.75) / 2)
+
+
+def test_mask_iou_threshold_and_eps():
+    # sigmoid(0) = 0.5 is not > 0.5: background. A perfect frame scores 1 / (1 + 1e-7 / union).
+    target = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    logits = torch.tensor([[[1.0, 0.0], [-1.0, -1.0]]])
+    expected = torch.tensor(1.0) / (torch.tensor(1.0) + 1e-7)  # in float32, as computed
+    assert mask_iou(logits, target).item() == expected.item()
+    assert mask_iou(logits, target).item() < 1.0
+
+
+def test_f_measure_hand_computed_curve():
+    curve, count = f_measure_curves(LOGITS_F[None], TARGET_F[None])
+    thresholds = torch.linspace(0, 1 - 1e-10, 255)
+    expected = torch.where(
+        thresholds <= 0.1,
+        0.565217,
+        torch.where(
+            thresholds <= 0.2,
+            0.722222,
+            torch.where(thresholds <= 0.6, 0.5, torch.where(thresholds <= 0.9, 0.8125, 0.0)),
+        ),
+    )
+    assert count.item() == 1
+    assert torch.allclose(curve, expected, atol=1e-5)
+    assert f_measure(LOGITS_F[None], TARGET_F[None]).item() == pytest.approx(0.8125)
+
+
+def test_f_measure_skips_empty_frames_and_averages_curves_not_maxima():
+    with_empty = f_measure(torch.stack([LOGITS_F, LOGITS_B]), torch.stack([TARGET_F, TARGET_B]))
+    assert with_empty.item() == pytest.approx(0.8125)
+    # Curves are averaged before the max: at 0.1 < th <= 0.15 (0.722222 + 1) / 2 = 0.861111,
+    # which is not the mean of the two frames' maxima (0.8125 + 1) / 2 = 0.90625.
+    two = f_measure(torch.stack([LOGITS_F, LOGITS_G]), torch.stack([TARGET_F, TARGET_G]))
+    assert two.item() == pytest.approx((0.722222 + 1) / 2, abs=1e-5)
+
+
+def test_f_measure_of_an_all_empty_batch_is_zero():
+    logits = torch.stack([LOGITS_B, -LOGITS_B])
+    assert f_measure(logits, torch.zeros(2, 2, 2)).item() == 0.0
+
+
+def test_last_threshold_is_one_in_float32():
+    target = torch.ones(1, 1, 1)
+    saturated, _ = f_measure_curves(torch.full((1, 1, 1), 30.0), target)
+    confident, _ = f_measure_curves(torch.full((1, 1, 1), 8.0), target)
+    assert torch.linspace(0, 1 - 1e-10, 255)[-1].item() == 1.0
+    assert saturated[-1].item() == pytest.approx(1.0)  # sigmoid(30) rounds to exactly 1.0
+    assert confident[-1].item() == 0.0  # sigmoid(8) = 0.99966 < 1.0: nothing predicted, NaN -> 0
+    assert confident[-2].item() == pytest.approx(1.0)
+
+
+def reference_f_measure(logits: torch.Tensor, target: torch.Tensor) -> float:
+    """The reference algorithm as a plain loop over frames and thresholds."""
+    probabilities = torch.sigmoid(logits)
+    thresholds = torch.linspace(0, 1 - 1e-10, 255)
+    total, frames = torch.zeros(255), 0
+    for p, gt in zip(probabilities, target, strict=True):
+        if torch.mean(gt) == 0.0:
+            continue
+        precision, recall = torch.zeros(255), torch.zeros(255)
+        for i in range(255):
+            binary = (p >= thresholds[i]).float()
+            tp = (binary * gt).sum()
+            precision[i], recall[i] = tp / (binary.sum() + 1e-20), tp / (gt.sum() + 1e-20)
+        f = (1 + 0.3) * precision * recall / (0.3 * precision + recall)
+        f[f != f] = 0
+        total += f
+        frames += 1
+    return 0.0 if frames == 0 else (total / frames).max().item()
+
+
+def test_f_measure_equals_the_reference_loop_on_random_batches():
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        logits = torch.randn(4, 12, 12, generator=generator) * 3
+        target = (torch.rand(4, 12, 12, generator=generator) > 0.6).float()
+        target[1] = 0  # one empty frame
+        assert f_measure(logits, target).item() == pytest.approx(
+            reference_f_measure(logits, target), abs=1e-6
+        )
+
+
+def one_hot_logits(prediction: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(prediction, num_classes).permute(0, 3, 1, 2).float() * 5
+
+
+# Two 2x2 frames, 3 classes (worked out in test_avss_hand_computed).
+AVSS_TARGET = torch.tensor([[[0, 1], [1, 2]], [[0, 0], [0, 0]]])
+AVSS_PREDICTION = torch.tensor([[[0, 1], [2, 2]], [[0, 0], [0, 1]]])
+
+
+def test_avss_hand_computed():
+    # Frame 1: class 0 IoU 1 F 1; class 1 IoU 1/2, P 1 R 1/2 -> F 0.8125;
+    #          class 2 IoU 1/2, P 1/2 R 1 -> F 0.565217.
+    # Frame 2: class 0 IoU 3/4, P 1 R 3/4 -> F 0.928571; class 1 predicted only: IoU 0, F NaN -> 0;
+    #          class 2 absent: not counted.
+    iou, f, count = avss_frame_stats(one_hot_logits(AVSS_PREDICTION, 3), AVSS_TARGET, num_classes=3)
+    assert torch.allclose(iou, torch.tensor([1.75, 0.5, 0.5]))
+    assert torch.allclose(f, torch.tensor([1.928571, 0.8125, 0.565217]), atol=1e-6)
+    assert count.tolist() == [2.0, 2.0, 1.0]
+    miou, fscore = avss_miou_fscore(one_hot_logits(AVSS_PREDICTION, 3), AVSS_TARGET, num_classes=3)
+    assert miou.item() == pytest.approx((0.875 + 0.25 + 0.5) / 3)
+    assert fscore.item() == pytest.approx((0.9642857 + 0.40625 + 0.5652174) / 3, abs=1e-6)
+
+
+def test_avss_absent_class_counts_zero_in_the_mean():
+    miou, fscore = avss_miou_fscore(one_hot_logits(AVSS_PREDICTION, 4), AVSS_TARGET, num_classes=4)
+    assert miou.item() == pytest.approx((0.875 + 0.25 + 0.5 + 0) / 4)
+    assert fscore.item() == pytest.approx((0.9642857 + 0.40625 + 0.5652174 + 0) / 4, abs=1e-6)
+
+
+def reference_avss_stats(prediction, target, num_classes):
+    iou, f, count = (torch.zeros(num_classes) for _ in range(3))
+    for p, t in zip(prediction, target, strict=True):
+        for c in range(num_classes):
+            inter = float(((p == c) & (t == c)).sum())
+            area_p, area_t = float((p == c).sum()), float((t == c).sum())
+            union = area_p + area_t - inter
+            iou[c] += inter / (2.220446049250313e-16 + union)
+            count[c] += union > 0
+            if area_p > 0 and area_t > 0 and inter > 0:
+                precision, recall = inter / area_p, inter / area_t
+                f[c] += 1.3 * precision * recall / (0.3 * precision + recall)
+    return iou, f, count
+
+
+def test_avss_equals_a_slow_per_class_loop():
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 5, 6, 6, generator=generator)
+    target = torch.randint(0, 4, (3, 6, 6), generator=generator)  # class 4 never in the target
+    ours = avss_frame_stats(logits, target, num_classes=5)
+    for got, expected in zip(ours, reference_avss_stats(logits.argmax(1), target, 5), strict=True):
+        assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: mask_iou(torch.zeros(2, 4, 4), torch.zeros(2, 4, 5)), r"\[2, 4, 5\].*\[2, 4, 4\]"),
+        (lambda: f_measure(torch.zeros(4, 4), torch.zeros(4, 4)), r"shape \[N, H, W\]"),
+        (
+            lambda: avss_miou_fscore(torch.zeros(1, 3, 2, 2), torch.full((1, 2, 2), 3), 3),
+            "class id 3",
+        ),
+        (lambda: avss_miou_fscore(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2).long()), "71"),
+    ],
+)
+def test_bad_inputs_are_refused(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_protocol_f_depends_on_batching_and_pooled_does_not():
+    frames = (LOGITS_F, TARGET_F), (LOGITS_B, TARGET_B)
+    together, apart = ProtocolFScore(), ProtocolFScore()
+    pooled_together, pooled_apart = PooledFScore(), PooledFScore()
+    logits, target = torch.stack([f[0] for f in frames]), torch.stack([f[1] for f in frames])
+    together.update(logits, target)
+    pooled_together.update(logits, target)
+    for frame_logits, frame_target in frames:
+        apart.update(frame_logits[None], frame_target[None])
+        pooled_apart.update(frame_logits[None], frame_target[None])
+    assert together.compute().item() == pytest.approx(0.8125)
+    # Apart, the empty-GT frame is a batch of its own, scores 0 and still counts.
+    assert apart.compute().item() == pytest.approx(0.8125 / 2)
+    assert pooled_together.compute().item() == pytest.approx(0.8125)
+    assert pooled_apart.compute().item() == pytest.approx(0.8125)
+
+
+def test_protocol_jaccard_is_a_mean_of_batch_means():
+    metric = ProtocolJaccard()
+    metric.update(torch.stack([LOGITS_A, LOGITS_B]), torch.stack([TARGET_A, TARGET_B]))
+    metric.update(LOGITS_A[None], TARGET_A[None])
+    # (0.541667 + 0.333333) / 2, not the frame mean (1/3 + 0.75 + 1/3) / 3.
+    assert metric.compute().item() == pytest.approx(((1 / 3 + 0.75) / 2 + 1 / 3) / 2)
+    with pytest.warns(UserWarning, match="before the ``update``"):
+        assert ProtocolJaccard().compute().item() == 0.0
+
+
+@pytest.mark.parametrize(
+    "make", [ProtocolJaccard, ProtocolFScore, PooledFScore, lambda: AVSSMeanIoU(num_classes=5)]
+)
+def test_states_reduce_across_processes(make):
+    generator = torch.Generator().manual_seed(2)
+    is_avss = isinstance(make(), AVSSMeanIoU)
+    batches = []
+    for _ in range(4):
+        if is_avss:
+            batches.append(
+                (torch.randn(3, 5, 8, 8, generator=generator), torch.randint(0, 5, (3, 8, 8)))
+            )
+        else:
+            target = (torch.rand(3, 8, 8, generator=generator) > 0.7).float()
+            batches.append((torch.randn(3, 8, 8, generator=generator), target))
+    single, rank0, rank1 = make(), make(), make()
+    for index, batch in enumerate(batches):
+        single.update(*batch)
+        (rank0 if index % 2 == 0 else rank1).update(*batch)
+    # Merging with the states' own reduction (sum) is what a distributed sync does.
+    rank0.merge_state(rank1)
+    assert torch.allclose(rank0.compute(), single.compute())
+
+
+def test_avss_metric_classes_match_the_function():
+    logits, target = one_hot_logits(AVSS_PREDICTION, 4), AVSS_TARGET
+    miou, fscore = AVSSMeanIoU(num_classes=4), AVSSFScore(num_classes=4)
+    for frame in range(2):  # frame by frame, as one split
+        miou.update(logits[frame : frame + 1], target[frame : frame + 1])
+        fscore.update(logits[frame : frame + 1], target[frame : frame + 1])
+    expected = avss_miou_fscore(logits, target, num_classes=4)
+    assert miou.compute().item() == pytest.approx(expected[0].item())
+    assert fscore.compute().item() == pytest.approx(expected[1].item())
