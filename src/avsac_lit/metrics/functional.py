@@ -62,23 +62,34 @@ def f_measure_curves(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     _check_pair(logits, target, 3, "[N, H, W]")
     # In float32 the last threshold, 1 - 1e-10, is exactly 1.0, as in the reference.
     thresholds = torch.linspace(0, 1 - 1e-10, NUM_THRESHOLDS, device=logits.device)
-    probabilities = torch.sigmoid(logits.float()).flatten(1)
-    target = target.float().flatten(1)
-    curve_sum = torch.zeros(NUM_THRESHOLDS, device=logits.device)
-    count = torch.zeros((), device=logits.device)
-    for probability, truth in zip(probabilities, target, strict=True):
-        if truth.mean() == 0:
-            continue
-        # One frame at a time bounds memory to [255, H*W]. Sums of 0/1 floats are exact, so this
-        # equals the reference's per-threshold loop bit for bit.
-        binary = (probability[None, :] >= thresholds[:, None]).float()
-        true_positive = binary @ truth
-        precision = true_positive / (binary.sum(dim=1) + PR_EPS)
-        recall = true_positive / (truth.sum() + PR_EPS)
-        f_score = (1 + BETA2) * precision * recall / (BETA2 * precision + recall)
-        curve_sum += torch.nan_to_num(f_score, nan=0.0)
-        count += 1
-    return curve_sum, count
+    probabilities = torch.sigmoid(logits.float()).flatten(1)  # [N, H*W]
+    truth = target.float().flatten(1)
+    nonempty = truth.sum(dim=1) != 0
+    probabilities, truth = probabilities[nonempty], truth[nonempty]
+    frames = probabilities.shape[0]
+    if frames == 0:
+        return torch.zeros(NUM_THRESHOLDS, device=logits.device), torch.zeros(
+            (), device=logits.device
+        )
+    # Pixel j is foreground at threshold i iff p_j >= t_i, i.e. iff i < (number of t <= p_j).
+    # Counting those per threshold gives the reference's sums of 0/1 floats exactly (they are
+    # integers below 2**24), without a [255, H*W] comparison per frame.
+    levels = torch.searchsorted(thresholds, probabilities.contiguous(), right=True)
+    bins = NUM_THRESHOLDS + 1
+    flat = (levels + torch.arange(frames, device=logits.device)[:, None] * bins).flatten()
+    size = frames * bins
+
+    def at_or_above(weights: Tensor | None) -> Tensor:
+        histogram = torch.bincount(flat, weights=weights, minlength=size).view(frames, bins)
+        return histogram.flip(1).cumsum(1).flip(1)[:, 1:].float()  # [frames, 255]
+
+    predicted = at_or_above(None)
+    true_positive = at_or_above(truth.flatten().double())
+    precision = true_positive / (predicted + PR_EPS)
+    recall = true_positive / (truth.sum(dim=1, keepdim=True) + PR_EPS)
+    f_score = (1 + BETA2) * precision * recall / (BETA2 * precision + recall)
+    curve_sum = torch.nan_to_num(f_score, nan=0.0).sum(dim=0)
+    return curve_sum, torch.tensor(float(frames), device=logits.device)
 
 
 def f_measure(logits: Tensor, target: Tensor) -> Tensor:
