@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from avsac_lit.data import AVSDataModule, DatasetLayoutError, build_dataset
+from avsac_lit.data import AVSDataModule, DatasetLayoutError, build_dataset, check, precompute_audio
 from avsac_lit.data import logmel as logmel_module
 from avsac_lit.data.avsbench import LAYOUTS
 from avsac_lit.data.io import IMAGENET_MEAN, IMAGENET_STD, rgb_to_class_ids, voc_palette
@@ -273,3 +273,31 @@ def test_datamodule_refuses_bad_settings(tmp_path):
         AVSDataModule(task="s4", root=tmp_path, eval_batch_size=0)
     with pytest.raises(ValueError, match="Unknown task 'ms4'"):
         AVSDataModule(task="ms4", root=tmp_path)
+
+
+def test_check_cli_reads_every_split(synth_trees, capsys):
+    assert check.main(["--task", "avss", "--root", str(synth_trees["avss"]), "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "Every item matches the documented format" in printed
+    assert "Reference predictors" in printed
+
+
+def test_check_cli_reports_a_broken_tree(synth_copy, capsys):
+    root = synth_copy("s4")
+    dataset = build_dataset("s4", root, "test")
+    broken = dataset.frame_paths(dataset.clips[-1])[4]
+    broken.unlink()
+    assert check.main(["--task", "s4", "--root", str(root), "--workers", "0"]) == 2
+    assert str(broken) in capsys.readouterr().out.replace("\n", "")
+
+
+def test_precompute_cli_fills_the_cache(synth_copy, tmp_path, capsys):
+    root = synth_copy("avss")
+    cache = tmp_path / "cli-cache"
+    assert (
+        precompute_audio.main(["--task", "avss", "--root", str(root), "--cache-dir", str(cache)])
+        == 0
+    )
+    clips = sum(len(build_dataset("avss", root, split)) for split in ("train", "val", "test"))
+    assert len(list(cache.rglob("*.pt"))) == clips
+    assert f"Cache: {cache}" in capsys.readouterr().out

@@ -304,19 +304,11 @@ def make_clip(
 
 
 def _assign_splits(rng: np.random.Generator, videos: int) -> list[str]:
-    order = rng.permutation(videos)
-    splits = [""] * videos
-    start = 0
-    for position, (split, fraction) in enumerate(SPLIT_FRACTIONS):
-        stop = (
-            videos
-            if position == len(SPLIT_FRACTIONS) - 1
-            else start + max(1, round(fraction * videos))
-        )
-        for i in order[start:stop]:
-            splits[i] = split
-        start = stop
-    return splits
+    """70/15/15 % of the clips at random, with at least one clip in every split."""
+    held_out = {split: max(1, round(fraction * videos)) for split, fraction in SPLIT_FRACTIONS[1:]}
+    counts = {"train": videos - sum(held_out.values()), **held_out}
+    labels = [split for split, count in counts.items() for _ in range(count)]
+    return [labels[i] for i in np.argsort(rng.permutation(videos))]
 
 
 def _save_png(path: Path, array: np.ndarray) -> None:
