@@ -264,3 +264,13 @@ def test_avss_metric_classes_match_the_function():
     expected = avss_miou_fscore(logits, target, num_classes=4)
     assert miou.compute().item() == pytest.approx(expected[0].item())
     assert fscore.compute().item() == pytest.approx(expected[1].item())
+
+
+def test_avss_accepts_class_ids_as_predictions():
+    from_logits = avss_miou_fscore(one_hot_logits(AVSS_PREDICTION, 3), AVSS_TARGET, num_classes=3)
+    from_ids = avss_miou_fscore(AVSS_PREDICTION, AVSS_TARGET, num_classes=3)
+    assert torch.equal(torch.stack(from_logits), torch.stack(from_ids))
+    with pytest.raises(ValueError, match="integer tensor"):
+        avss_miou_fscore(AVSS_PREDICTION.float(), AVSS_TARGET, num_classes=3)
+    with pytest.raises(ValueError, match="Prediction holds class id 3"):
+        avss_miou_fscore(AVSS_PREDICTION + 1, AVSS_TARGET, num_classes=3)

@@ -451,16 +451,11 @@ class _Writer:
         for name in ("vision_only", "ground_truth"):
             prediction = torch.from_numpy(np.concatenate([p[name] for _, p in scorer["pending"]]))
             if self.task == "avss":
-                num_classes = len(CATEGORIES) + 1
-                logits = (
-                    torch.nn.functional.one_hot(prediction, num_classes).permute(0, 3, 1, 2).float()
-                )
-                metric_target = target.long()
+                preds, metric_target = prediction.long(), target.long()  # class ids directly
             else:
-                logits = (prediction.float() * 2 - 1) * HARD_LOGIT
-                metric_target = target.float()
+                preds, metric_target = (prediction.float() * 2 - 1) * HARD_LOGIT, target.float()
             for metric in scorer[name]:
-                metric.update(logits, metric_target)
+                metric.update(preds, metric_target)
         scorer["pending"].clear()
 
     def scores(self) -> dict[str, dict[str, dict[str, float]]]:

@@ -110,44 +110,54 @@ def f_measure(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def avss_frame_stats(
-    logits: Tensor, target: Tensor, num_classes: int = 71
+    preds: Tensor, target: Tensor, num_classes: int = 71
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-class sums over frames of IoU and F, and per-class frame counts.
 
     Args:
-        logits: [N, C, H, W] class logits (the prediction is their argmax).
+        preds: [N, C, H, W] class logits (the prediction is their argmax), or the predicted class
+            ids themselves, an integer tensor [N, H, W].
         target: [N, H, W] class ids in [0, num_classes).
 
     Returns:
         (iou_sum [C], f_sum [C], count [C]), float32. ``count[c]`` is the number of frames in which
         class c is predicted or present. F is 0 where precision or recall is undefined.
     """
-    _check_pair(logits, target, 4, "[N, C, H, W]")
-    if logits.shape[1] != num_classes:
-        raise ValueError(
-            f"logits have {logits.shape[1]} classes, expected num_classes={num_classes}."
-        )
+    if preds.dim() == 4:
+        _check_pair(preds, target, 4, "[N, C, H, W]")
+        if preds.shape[1] != num_classes:
+            raise ValueError(
+                f"logits have {preds.shape[1]} classes, expected num_classes={num_classes}."
+            )
+        prediction = preds.argmax(dim=1)
+    else:
+        _check_pair(preds, target, 3, "[N, C, H, W] logits or [N, H, W] class ids")
+        if preds.is_floating_point():
+            raise ValueError("Class-id predictions [N, H, W] must be an integer tensor.")
+        prediction = preds.long()
     target = target.long()
-    if target.numel() and (target.min() < 0 or target.max() >= num_classes):
-        bad = target.min() if target.min() < 0 else target.max()
-        raise ValueError(f"Target holds class id {int(bad)}, outside [0, {num_classes}).")
-    prediction = logits.argmax(dim=1)
-    device = logits.device
-    iou_sum = torch.zeros(num_classes, device=device)
-    f_sum = torch.zeros(num_classes, device=device)
-    count = torch.zeros(num_classes, device=device)
-    for predicted, truth in zip(prediction, target, strict=True):
-        area_inter = torch.bincount(predicted[predicted == truth], minlength=num_classes).float()
-        area_pred = torch.bincount(predicted.flatten(), minlength=num_classes).float()
-        area_label = torch.bincount(truth.flatten(), minlength=num_classes).float()
-        area_union = area_pred + area_label - area_inter
-        iou_sum += area_inter / (AVSS_EPS + area_union)
-        count += (area_union > 0).float()
-        precision = area_inter / area_pred
-        recall = area_inter / area_label
-        f_score = (1 + BETA2) * precision * recall / (BETA2 * precision + recall)
-        f_sum += torch.nan_to_num(f_score, nan=0.0, posinf=0.0, neginf=0.0)
-    return iou_sum, f_sum, count
+    for name, ids in (("Target", target), ("Prediction", prediction)):
+        if ids.numel() and (ids.min() < 0 or ids.max() >= num_classes):
+            bad = ids.min() if ids.min() < 0 else ids.max()
+            raise ValueError(f"{name} holds class id {int(bad)}, outside [0, {num_classes}).")
+    frames = prediction.shape[0]
+    # One bincount for all frames: frame f's class c goes to bin f * C + c.
+    offsets = torch.arange(frames, device=prediction.device)[:, None] * num_classes
+    predicted, truth = prediction.flatten(1) + offsets, target.flatten(1) + offsets
+
+    def areas(ids: Tensor) -> Tensor:
+        counts = torch.bincount(ids, minlength=frames * num_classes)
+        return counts.view(frames, num_classes).float()
+
+    area_inter = areas(predicted[predicted == truth])
+    area_pred, area_label = areas(predicted.flatten()), areas(truth.flatten())
+    area_union = area_pred + area_label - area_inter
+    iou = area_inter / (AVSS_EPS + area_union)
+    precision = area_inter / area_pred
+    recall = area_inter / area_label
+    f_score = (1 + BETA2) * precision * recall / (BETA2 * precision + recall)
+    f_score = torch.nan_to_num(f_score, nan=0.0, posinf=0.0, neginf=0.0)
+    return iou.sum(dim=0), f_score.sum(dim=0), (area_union > 0).float().sum(dim=0)
 
 
 def avss_scores_from_stats(iou_sum: Tensor, f_sum: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
@@ -157,16 +167,14 @@ def avss_scores_from_stats(iou_sum: Tensor, f_sum: Tensor, count: Tensor) -> tup
     return miou, fscore
 
 
-def avss_miou_fscore(
-    logits: Tensor, target: Tensor, num_classes: int = 71
-) -> tuple[Tensor, Tensor]:
+def avss_miou_fscore(preds: Tensor, target: Tensor, num_classes: int = 71) -> tuple[Tensor, Tensor]:
     """The protocol's AVSS mIoU and F of the given frames taken as one split.
 
     Args:
-        logits: [N, C, H, W] class logits.
+        preds: [N, C, H, W] class logits, or predicted class ids [N, H, W] (integer).
         target: [N, H, W] class ids.
 
     Every class counts in the mean, background (0) included; a class never predicted nor present
     scores 0.
     """
-    return avss_scores_from_stats(*avss_frame_stats(logits, target, num_classes))
+    return avss_scores_from_stats(*avss_frame_stats(preds, target, num_classes))

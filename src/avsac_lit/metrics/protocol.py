@@ -108,9 +108,10 @@ class _AVSSStats(Metric):
         for name in ("iou_sum", "f_sum", "count"):
             self.add_state(name, default=torch.zeros(num_classes), dist_reduce_fx="sum")
 
-    def update(self, logits: Tensor, target: Tensor) -> None:
-        """Logits [N, C, H, W] and class ids [N, H, W] of any number of frames."""
-        iou_sum, f_sum, count = avss_frame_stats(logits, target, self.num_classes)
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Logits [N, C, H, W] (or predicted class ids [N, H, W]) and target class ids [N, H, W]
+        of any number of frames."""
+        iou_sum, f_sum, count = avss_frame_stats(preds, target, self.num_classes)
         self.iou_sum += iou_sum
         self.f_sum += f_sum
         self.count += count
