@@ -110,31 +110,31 @@ def f_measure(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def avss_frame_stats(
-    preds: Tensor, target: Tensor, num_classes: int = 71
+    logits: Tensor, target: Tensor, num_classes: int = 71
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-class sums over frames of IoU and F, and per-class frame counts.
 
     Args:
-        preds: [N, C, H, W] class logits (the prediction is their argmax), or the predicted class
-            ids themselves, an integer tensor [N, H, W].
+        logits: [N, C, H, W] class logits (the prediction is their argmax), or the predicted
+            class ids themselves, an integer tensor [N, H, W].
         target: [N, H, W] class ids in [0, num_classes).
 
     Returns:
         (iou_sum [C], f_sum [C], count [C]), float32. ``count[c]`` is the number of frames in which
         class c is predicted or present. F is 0 where precision or recall is undefined.
     """
-    if preds.dim() == 4:
-        _check_pair(preds, target, 4, "[N, C, H, W]")
-        if preds.shape[1] != num_classes:
+    if logits.dim() == 4:
+        _check_pair(logits, target, 4, "[N, C, H, W]")
+        if logits.shape[1] != num_classes:
             raise ValueError(
-                f"logits have {preds.shape[1]} classes, expected num_classes={num_classes}."
+                f"logits have {logits.shape[1]} classes, expected num_classes={num_classes}."
             )
-        prediction = preds.argmax(dim=1)
+        prediction = logits.argmax(dim=1)
     else:
-        _check_pair(preds, target, 3, "[N, C, H, W] logits or [N, H, W] class ids")
-        if preds.is_floating_point():
+        _check_pair(logits, target, 3, "[N, C, H, W] logits or [N, H, W] class ids")
+        if logits.is_floating_point():
             raise ValueError("Class-id predictions [N, H, W] must be an integer tensor.")
-        prediction = preds.long()
+        prediction = logits.long()
     target = target.long()
     for name, ids in (("Target", target), ("Prediction", prediction)):
         if ids.numel() and (ids.min() < 0 or ids.max() >= num_classes):
@@ -167,14 +167,16 @@ def avss_scores_from_stats(iou_sum: Tensor, f_sum: Tensor, count: Tensor) -> tup
     return miou, fscore
 
 
-def avss_miou_fscore(preds: Tensor, target: Tensor, num_classes: int = 71) -> tuple[Tensor, Tensor]:
+def avss_miou_fscore(
+    logits: Tensor, target: Tensor, num_classes: int = 71
+) -> tuple[Tensor, Tensor]:
     """The protocol's AVSS mIoU and F of the given frames taken as one split.
 
     Args:
-        preds: [N, C, H, W] class logits, or predicted class ids [N, H, W] (integer).
+        logits: [N, C, H, W] class logits, or predicted class ids [N, H, W] (integer).
         target: [N, H, W] class ids.
 
     Every class counts in the mean, background (0) included; a class never predicted nor present
     scores 0.
     """
-    return avss_scores_from_stats(*avss_frame_stats(preds, target, num_classes))
+    return avss_scores_from_stats(*avss_frame_stats(logits, target, num_classes))
