@@ -205,6 +205,15 @@ def test_pickle_of_wrong_shape_names_file_and_both_shapes(synth_copy):
     assert "[4, 96, 64]" in str(error.value) and "[5, 1, 96, 64]" in str(error.value)
 
 
+def test_unreadable_pickle_is_named(synth_copy):
+    root = synth_copy("ms3")
+    dataset = build_dataset("ms3", root, "val", img_size=IMG)
+    pickle_path, _ = dataset.audio_paths(dataset.clips[0])
+    pickle_path.write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match=f"Cannot read log-mel pickle {pickle_path}"):
+        dataset[0]
+
+
 def test_missing_audio_names_both_candidates(synth_copy):
     root = synth_copy("ms3")
     dataset = build_dataset("ms3", root, "train", img_size=IMG)
