@@ -1,0 +1,1 @@
+"""The networks: encoders, shared parts, AVSegFormer and AVSAC (plain nn.Modules)."""

@@ -1,0 +1,94 @@
+"""VGGish, the audio encoder of AVSBench, AVSegFormer and AVSAC, in torchvggish's key layout.
+
+The published architecture (Hershey et al., 2017) as the AVS repositories use it: four conv blocks
+on a [1, 96, 64] log-mel example, three fully connected layers with a ReLU after the last one (the
+torchvggish port keeps it; current TF VGGish does not), no PCA post-processing. 72.1M parameters.
+
+Module names match ``vggish-10086976.pth`` (``features.{0,3,6,8,11,13}.*``,
+``embeddings.{0,2,4}.*``) so the released weights load with ``load_state_dict`` unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from avsac_lit.models.weights import load_checkpoint_file, load_matching
+
+log = logging.getLogger(__name__)
+
+
+class VGGish(nn.Module):
+    """VGGish embeddings: log-mel examples [N, 1, 96, 64] -> [N, 128] (non-negative)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 1
+        for block in ((64,), (128,), (256, 256), (512, 512)):
+            for width in block:
+                layers += [
+                    nn.Conv2d(channels, width, kernel_size=3, padding=1),
+                    nn.ReLU(inplace=True),
+                ]
+                channels = width
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        self.features = nn.Sequential(*layers)
+        self.embeddings = nn.Sequential(
+            nn.Linear(512 * 4 * 6, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, 128),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, examples: Tensor) -> Tensor:
+        x = self.features(examples)  # [N, 512, 6, 4]
+        # The TF original flattens in NHWC order; the released weights expect that order.
+        x = x.permute(0, 2, 3, 1).flatten(1)  # [N, 6 * 4 * 512]
+        return self.embeddings(x)
+
+
+class AudioEncoder(nn.Module):
+    """Frozen VGGish followed by a trainable projection to the decoder width.
+
+    Args:
+        dim: output width (256 in AVSegFormer and AVSAC).
+        weights: path to ``vggish-10086976.pth`` (torchvggish format); ``None`` leaves VGGish
+            randomly initialised, with a warning, which is only sensible for tests and the synthetic
+            demo.
+        freeze: keep VGGish frozen (no gradients, eval mode, run under ``no_grad``), as the paper.
+    """
+
+    def __init__(
+        self, *, dim: int = 256, weights: str | Path | None = None, freeze: bool = True
+    ) -> None:
+        super().__init__()
+        self.vggish = VGGish()
+        if weights is not None:
+            load_matching(self.vggish, load_checkpoint_file(weights), source=str(weights))
+        else:
+            log.warning(
+                "VGGish is randomly initialised: no weights.audio given. Set weights.audio to "
+                "vggish-10086976.pth (torchvggish release) to reproduce the paper."
+            )
+        self.proj = nn.Linear(128, dim)
+        self.freeze = freeze
+        if freeze:
+            self.vggish.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> AudioEncoder:
+        super().train(mode)
+        if self.freeze:
+            self.vggish.eval()
+        return self
+
+    def forward(self, audio: Tensor) -> Tensor:
+        """Log-mel examples [N, 1, 96, 64] -> audio features [N, dim]."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            embedding = self.vggish(audio)  # [N, 128]
+        return self.proj(embedding)

@@ -1,0 +1,61 @@
+"""Loading published checkpoint files onto our modules, with errors that say what did not fit."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, Tensor]:
+    """A state dict from a ``.pth`` file; unwraps ``{"state_dict": ...}`` / ``{"model": ...}``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Weights file {path} does not exist. Download the published checkpoint and point the "
+            "setting at it (see README, 'Pretrained weights')."
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"Cannot read weights file {path}: {error}") from error
+    for key in ("state_dict", "model"):
+        if (
+            isinstance(checkpoint, Mapping)
+            and key in checkpoint
+            and isinstance(checkpoint[key], Mapping)
+        ):
+            checkpoint = checkpoint[key]
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(
+            f"Weights file {path} holds a {type(checkpoint).__name__}, not a state dict."
+        )
+    return dict(checkpoint)
+
+
+def load_matching(module: nn.Module, state_dict: Mapping[str, Tensor], *, source: str) -> None:
+    """Load ``state_dict`` strictly; on a mismatch, raise listing the missing and unexpected keys
+    and the shape mismatches, so that a wrong file is recognised at once."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong_shape = sorted(
+        f"{k}: file {list(state_dict[k].shape)} vs model {list(expected[k].shape)}"
+        for k in set(expected) & set(state_dict)
+        if tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    )
+    if missing or unexpected or wrong_shape:
+
+        def listing(keys: list[str]) -> str:
+            shown = ", ".join(keys[:8])
+            return f"{shown}, ... ({len(keys)} in all)" if len(keys) > 8 else shown or "none"
+
+        raise ValueError(
+            f"Weights {source} do not fit {type(module).__name__}.\n"
+            f"  missing keys: {listing(missing)}\n"
+            f"  unexpected keys: {listing(unexpected)}\n"
+            f"  shape mismatches: {listing(wrong_shape)}"
+        )
+    module.load_state_dict(state_dict)

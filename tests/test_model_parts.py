@@ -1,0 +1,191 @@
+"""Encoders and shared parts: published weight layouts, freezing, deformable attention."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+from avsac_lit.models.backbone import VisualBackbone
+from avsac_lit.models.deformable_attention import (
+    MultiScaleDeformableAttention,
+    multi_scale_deformable_sampling,
+    reference_points_for,
+)
+from avsac_lit.models.position_encoding import SinePositionalEncoding
+from avsac_lit.models.query_generator import AudioQueryGenerator
+from avsac_lit.models.vggish import AudioEncoder, VGGish
+
+TORCHVGGISH_KEYS = [
+    f"features.{i}.{p}" for i in (0, 3, 6, 8, 11, 13) for p in ("weight", "bias")
+] + [f"embeddings.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")]
+
+
+def test_vggish_matches_the_published_architecture():
+    model = VGGish()
+    assert sorted(model.state_dict()) == sorted(TORCHVGGISH_KEYS)
+    assert sum(p.numel() for p in model.parameters()) == 72_141_184
+    embedding = model(torch.randn(3, 1, 96, 64))
+    assert embedding.shape == (3, 128)
+    assert (embedding >= 0).all()  # the final ReLU the AVS repositories keep
+
+
+def test_vggish_weights_in_torchvggish_layout_load_and_agree(tmp_path):
+    torch.manual_seed(0)
+    source = VGGish().eval()
+    torch.save(source.state_dict(), tmp_path / "vggish-10086976.pth")
+    encoder = AudioEncoder(weights=tmp_path / "vggish-10086976.pth").eval()
+    examples = torch.randn(2, 1, 96, 64)
+    assert torch.equal(encoder.vggish(examples), source(examples))
+
+
+def test_audio_encoder_is_frozen_but_its_projection_learns():
+    encoder = AudioEncoder(dim=256).train()
+    assert not encoder.vggish.training
+    encoder(torch.randn(2, 1, 96, 64)).sum().backward()
+    assert all(p.grad is None for p in encoder.vggish.parameters())
+    assert encoder.proj.weight.grad is not None
+
+
+def test_wrong_weights_file_lists_missing_and_unexpected_keys(tmp_path):
+    state = VGGish().state_dict()
+    state["features.99.weight"] = state.pop("features.0.weight")
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match=r"missing keys: features\.0\.weight") as error:
+        AudioEncoder(weights=tmp_path / "bad.pth")
+    assert "unexpected keys: features.99.weight" in str(error.value)
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.pth does not exist"):
+        AudioEncoder(weights=tmp_path / "nowhere.pth")
+
+
+def to_pvt_release_layout(timm_state: dict) -> dict:
+    """timm's PVT-v2 names -> the names of the PVT release (``pvt_v2_b5.pth``), with a head."""
+    released = {}
+    for key, value in timm_state.items():
+        key = re.sub(r"^stages\.(\d+)\.downsample\.", lambda m: f"patch_embed{int(m[1]) + 1}.", key)
+        key = re.sub(r"^patch_embed\.", "patch_embed1.", key)
+        key = re.sub(
+            r"^stages\.(\d+)\.blocks\.(\d+)\.", lambda m: f"block{int(m[1]) + 1}.{m[2]}.", key
+        )
+        key = re.sub(r"^stages\.(\d+)\.norm\.", lambda m: f"norm{int(m[1]) + 1}.", key)
+        released[key.replace("mlp.dwconv.", "mlp.dwconv.dwconv.")] = value
+    released["head.weight"] = torch.zeros(1000, timm_state["stages.3.norm.weight"].shape[0])
+    released["head.bias"] = torch.zeros(1000)
+    return released
+
+
+def test_pvt_release_checkpoint_loads_and_agrees(tmp_path):
+    torch.manual_seed(1)
+    source = VisualBackbone(name="avsac_tiny_pvt")
+    released = to_pvt_release_layout(source.model.state_dict())
+    assert "block1.0.attn.q.weight" in released and "patch_embed2.proj.weight" in released
+    torch.save(released, tmp_path / "pvt_v2.pth")
+    loaded = VisualBackbone(name="avsac_tiny_pvt", weights=tmp_path / "pvt_v2.pth")
+    images = torch.randn(1, 3, 64, 64)
+    for ours, theirs in zip(loaded(images), source(images), strict=True):
+        assert torch.equal(ours, theirs)
+
+
+def test_torchvision_resnet50_checkpoint_loads_and_agrees(tmp_path):
+    torch.manual_seed(2)
+    source = VisualBackbone(name="resnet50")
+    state = dict(source.model.state_dict())  # timm's ResNet shares torchvision's names
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)
+    torch.save(state, tmp_path / "resnet50-19c8e357.pth")
+    loaded = VisualBackbone(name="resnet50", weights=tmp_path / "resnet50-19c8e357.pth")
+    images = torch.randn(1, 3, 64, 64)
+    features = loaded(images)
+    assert [f.shape[1] for f in features] == [256, 512, 1024, 2048]
+    assert [f.shape[-1] for f in features] == [16, 8, 4, 2]
+    assert all(torch.equal(a, b) for a, b in zip(features, source(images), strict=True))
+
+
+def test_frozen_backbone_keeps_norms_in_eval_and_can_be_unfrozen():
+    backbone = VisualBackbone(name="resnet50").train()
+    assert not backbone.model.bn1.training
+    running_mean = backbone.model.bn1.running_mean.clone()
+    backbone(torch.randn(2, 3, 64, 64))
+    assert torch.equal(backbone.model.bn1.running_mean, running_mean)
+    assert not any(p.requires_grad for p in backbone.parameters())
+    backbone.set_frozen(False)
+    assert backbone.model.bn1.training
+    assert all(p.requires_grad for p in backbone.parameters())
+
+
+def test_backbone_refuses_unknown_names_and_double_sources(tmp_path):
+    with pytest.raises(ValueError, match="Unknown timm backbone 'pvt_v9'"):
+        VisualBackbone(name="pvt_v9")
+    with pytest.raises(ValueError, match=r"either weights\.visual=PATH or pretrained=true"):
+        VisualBackbone(name="resnet50", weights=tmp_path / "x.pth", pretrained=True)
+
+
+def slow_bilinear(feature: torch.Tensor, x: float, y: float) -> torch.Tensor:
+    """Bilinear sample of [D, H, W] at normalised (x, y), zero outside, align_corners=False."""
+    _, height, width = feature.shape
+    px, py = x * width - 0.5, y * height - 0.5
+    x0, y0 = math.floor(px), math.floor(py)
+    total = torch.zeros(feature.shape[0])
+    for dx in (0, 1):
+        for dy in (0, 1):
+            xi, yi = x0 + dx, y0 + dy
+            weight = (1 - abs(px - xi)) * (1 - abs(py - yi))
+            if 0 <= xi < width and 0 <= yi < height:
+                total += weight * feature[:, yi, xi]
+    return total
+
+
+def test_deformable_sampling_equals_a_per_point_bilinear_reference():
+    torch.manual_seed(3)
+    shapes = [(6, 5), (3, 3), (2, 1)]
+    batch, queries, heads, head_dim, points = 2, 4, 2, 3, 2
+    value = torch.randn(batch, sum(h * w for h, w in shapes), heads, head_dim)
+    # Some locations fall outside [0, 1] to exercise the zero padding.
+    locations = torch.rand(batch, queries, heads, len(shapes), points, 2) * 1.4 - 0.2
+    weights = torch.rand(batch, queries, heads, len(shapes), points)
+    ours = multi_scale_deformable_sampling(value, shapes, locations, weights)
+    starts = [0, 30, 39]
+    for b in range(batch):
+        for q in range(queries):
+            for m in range(heads):
+                expected = torch.zeros(head_dim)
+                for level, (height, width) in enumerate(shapes):
+                    level_value = value[b, starts[level] : starts[level] + height * width, m]
+                    feature = level_value.T.reshape(head_dim, height, width)
+                    for p in range(points):
+                        x, y = locations[b, q, m, level, p].tolist()
+                        sample = slow_bilinear(feature, x, y)
+                        expected += weights[b, q, m, level, p] * sample
+                got = ours[b, q, m * head_dim : (m + 1) * head_dim]
+                assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_deformable_attention_starts_on_a_radial_grid_with_uniform_weights():
+    attention = MultiScaleDeformableAttention(dim=16, levels=2, heads=4, points=2)
+    offsets = attention.sampling_offsets.bias.view(4, 2, 2, 2)
+    assert torch.allclose(offsets[0, 0, 0], torch.tensor([1.0, 0.0]))  # head 0: +x, 1 pixel
+    assert torch.allclose(offsets[1, 1, 1], torch.tensor([0.0, 2.0]), atol=1e-6)  # head 1: +y
+    shapes = [(4, 4), (2, 2)]
+    value = torch.randn(1, 20, 16)
+    out = attention(value, reference_points_for(shapes, 1), value, shapes)
+    assert out.shape == (1, 20, 16)
+
+
+def test_sine_encoding_hand_values():
+    encoding = SinePositionalEncoding(num_feats=4)(batch=2, height=2, width=3)
+    assert encoding.shape == (2, 8, 2, 3)
+    # Row index 1 at the top-left; features: sin(1), cos(1), sin(1/100), cos(1/100) for F = 4
+    # (wavelengths 10000 ** (2 * (i // 2) / 4) = 1, 1, 100, 100).
+    assert torch.allclose(
+        encoding[0, :4, 0, 0],
+        torch.tensor([math.sin(1), math.cos(1), math.sin(0.01), math.cos(0.01)]),
+    )
+    # Column features come after the row features: column 3 (index 2) at the right edge.
+    assert encoding[1, 4, 1, 2].item() == pytest.approx(math.sin(3))
+
+
+def test_query_generator_parameter_count_and_shapes():
+    generator = AudioQueryGenerator()
+    assert sum(p.numel() for p in generator.parameters()) == 6_385_152  # AVSegFormer's 6.39M
+    assert generator(torch.randn(3, 1, 256)).shape == (3, 300, 256)
