@@ -1,0 +1,90 @@
+"""AVSegFormer (Gao et al., AAAI 2024), the baseline of the AVSAC paper.
+
+Structure as published (anchors section 1.2): deformable encoder over the stride-8/16/32 levels,
+query decoder from the audio queries over the encoder memory, stride-4 mask feature gated by the
+audio-visual mixer, and the prediction head. The unused modules of the reference (``SimpleFPN``,
+``attn_fc``, ResNet's second branch) are left out. Frames are handled independently; T only
+appears in reshapes.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from avsac_lit.models.backbone import VisualBackbone
+from avsac_lit.models.base import AVSModel
+from avsac_lit.models.mask_head import CrossModalMixer
+from avsac_lit.models.multiscale import level_map
+from avsac_lit.models.transformer import DeformableEncoderLayer, QueryDecoderLayer
+from avsac_lit.models.vggish import AudioEncoder
+
+
+class AVSegFormer(AVSModel):
+    """AVSegFormer. Keyword arguments beyond :class:`AVSModel`'s:
+
+    Args:
+        encoder_layers: deformable encoder layers (6).
+        decoder_layers: query decoder layers (6).
+        dropout: transformer dropout (0.1).
+    """
+
+    def __init__(
+        self,
+        *,
+        visual: VisualBackbone,
+        audio: AudioEncoder,
+        num_classes: int = 1,
+        dim: int = 256,
+        num_queries: int = 300,
+        generator_layers: int = 6,
+        encoder_layers: int = 6,
+        decoder_layers: int = 6,
+        mlp_hidden: int = 2048,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__(
+            visual=visual,
+            audio=audio,
+            num_classes=num_classes,
+            dim=dim,
+            num_queries=num_queries,
+            generator_layers=generator_layers,
+            mlp_hidden=mlp_hidden,
+        )
+        self.encoder = nn.ModuleList(
+            DeformableEncoderLayer(dim=dim, dropout=dropout) for _ in range(encoder_layers)
+        )
+        self.decoder = nn.ModuleList(
+            QueryDecoderLayer(dim=dim, dropout=dropout) for _ in range(decoder_layers)
+        )
+        self.mixer = CrossModalMixer(dim=dim)
+        self.reset_head_parameters()
+
+    def forward(self, frames: Tensor, audio: Tensor) -> dict[str, Tensor]:
+        """
+        Args:
+            frames: [B, T, 3, H, W] normalised frames.
+            audio: [B, T, 1, 96, 64] log-mel examples.
+
+        Returns:
+            ``logits`` [B, T, classes, H, W]; ``mask_feature`` [B, T, C, H/4, W/4] (after the
+            mixer); ``audio_queries`` [B, T, Q, C] (F_a); ``queries`` [B, T, Q, C] (decoder output).
+        """
+        batch = frames.shape[0]
+        encoded = self.encode(frames, audio)
+        tokens = encoded["tokens"]
+        memory = tokens["tokens"]
+        for layer in self.encoder:
+            memory = layer(memory, tokens["pos"], tokens["reference_points"], tokens["shapes"])
+        queries = encoded["audio_queries"]
+        for layer in self.decoder:
+            queries = layer(queries, memory)
+        feature = self.mask_feature(level_map(memory, tokens["shapes"], 0), encoded["stride4"])
+        feature = self.mixer(feature, encoded["audio_token"])
+        logits = self.head(feature, queries)
+        return {
+            "logits": self.per_clip(logits, batch),
+            "mask_feature": self.per_clip(feature, batch),
+            "audio_queries": self.per_clip(encoded["audio_queries"], batch),
+            "queries": self.per_clip(queries, batch),
+        }

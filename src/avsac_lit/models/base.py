@@ -1,0 +1,87 @@
+"""What AVSegFormer and AVSAC share: frozen encoders, projections, tokens, audio queries, masks."""
+
+from __future__ import annotations
+
+from einops import rearrange
+from torch import Tensor, nn
+
+from avsac_lit.models.backbone import VisualBackbone
+from avsac_lit.models.deformable_attention import MultiScaleDeformableAttention
+from avsac_lit.models.mask_head import InputProjections, MaskFeature, PredictionHead
+from avsac_lit.models.multiscale import MultiScaleTokens
+from avsac_lit.models.query_generator import AudioQueryGenerator
+from avsac_lit.models.vggish import AudioEncoder
+
+
+class AVSModel(nn.Module):
+    """Base of the AVS models. Subclasses turn tokens and audio queries into (feature, queries).
+
+    Args:
+        visual: the (frozen) visual backbone.
+        audio: the (frozen) VGGish plus its trainable projection.
+        num_classes: 1 for S4/MS3, the number of classes for AVSS.
+        dim: width of every token and query (256).
+        num_queries: audio queries (300).
+        generator_layers: layers of the audio query generator (6).
+        mlp_hidden: hidden width of the prediction MLP (2048).
+    """
+
+    def __init__(
+        self,
+        *,
+        visual: VisualBackbone,
+        audio: AudioEncoder,
+        num_classes: int = 1,
+        dim: int = 256,
+        num_queries: int = 300,
+        generator_layers: int = 6,
+        mlp_hidden: int = 2048,
+    ) -> None:
+        super().__init__()
+        self.visual, self.audio = visual, audio
+        self.num_classes = num_classes
+        self.input_proj = InputProjections(in_channels=visual.channels, dim=dim)
+        self.tokens = MultiScaleTokens(dim=dim, levels=3)
+        self.query_generator = AudioQueryGenerator(
+            num_layers=generator_layers, num_queries=num_queries, dim=dim
+        )
+        self.learnable_queries = nn.Embedding(num_queries, dim)
+        self.mask_feature = MaskFeature(dim=dim)
+        self.head = PredictionHead(
+            num_queries=num_queries, dim=dim, mlp_hidden=mlp_hidden, num_classes=num_classes
+        )
+
+    def head_modules(self) -> list[nn.Module]:
+        """Everything trainable that is not an encoder, for initialisation."""
+        return [m for name, m in self.named_children() if name not in ("visual", "audio")]
+
+    def reset_head_parameters(self) -> None:
+        # AVSegFormer's initialisation: xavier on every matrix of the head, then the deformable
+        # attention's own scheme, then a normal level embedding.
+        for module in self.head_modules():
+            for parameter in module.parameters():
+                if parameter.dim() > 1:
+                    nn.init.xavier_uniform_(parameter)
+        for module in self.modules():
+            if isinstance(module, MultiScaleDeformableAttention):
+                module.reset_parameters()
+        nn.init.normal_(self.tokens.level_embed)
+
+    def encode(self, frames: Tensor, audio: Tensor) -> dict:
+        """Frames [B, T, 3, H, W] and log-mels [B, T, 1, 96, 64] -> encoder outputs per frame."""
+        images = rearrange(frames, "b t c h w -> (b t) c h w")
+        audio_feature = self.audio(rearrange(audio, "b t one m f -> (b t) one m f"))  # [N, C]
+        levels = self.input_proj(self.visual(images))  # 4 x [N, C, H/s, W/s]
+        audio_token = audio_feature[:, None]  # [N, 1, C]
+        # F_a of the paper: generated audio queries plus learnable ones, added.
+        audio_queries = self.query_generator(audio_token) + self.learnable_queries.weight
+        return {
+            "stride4": levels[0],
+            "tokens": self.tokens(levels[1:]),
+            "audio_token": audio_token,
+            "audio_queries": audio_queries,  # [N, Q, C]
+        }
+
+    @staticmethod
+    def per_clip(tensor: Tensor, batch: int) -> Tensor:
+        return rearrange(tensor, "(b t) ... -> b t ...", b=batch)
