@@ -1,0 +1,75 @@
+"""AVSAC: AVSegFormer's encoders and audio queries, decoded by the BAVD (see bavd.py).
+
+``M = Linear(F_AGV + MLP(F_AGV . F_VGA))`` (Eq. 1) is read as AVSegFormer's prediction head with
+the mask feature built from the final AGV tokens (the stride-8 level upsampled plus the stride-4
+lateral) and the per-pixel products taken against the final VGA queries. docs/model.md lists every
+reading of the paper made here.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from avsac_lit.models.backbone import VisualBackbone
+from avsac_lit.models.base import AVSModel
+from avsac_lit.models.bavd import BAVD
+from avsac_lit.models.multiscale import level_map
+from avsac_lit.models.vggish import AudioEncoder
+
+
+class AVSAC(AVSModel):
+    """AVSAC. ``bavd`` is the decoder (from ``model.bavd.*``); the rest as :class:`AVSModel`."""
+
+    def __init__(
+        self,
+        *,
+        visual: VisualBackbone,
+        audio: AudioEncoder,
+        bavd: BAVD,
+        num_classes: int = 1,
+        dim: int = 256,
+        num_queries: int = 300,
+        generator_layers: int = 6,
+        mlp_hidden: int = 2048,
+    ) -> None:
+        super().__init__(
+            visual=visual,
+            audio=audio,
+            num_classes=num_classes,
+            dim=dim,
+            num_queries=num_queries,
+            generator_layers=generator_layers,
+            mlp_hidden=mlp_hidden,
+        )
+        self.bavd = bavd
+        self.reset_head_parameters()
+
+    def forward(self, frames: Tensor, audio: Tensor) -> dict[str, Tensor]:
+        """
+        Args:
+            frames: [B, T, 3, H, W] normalised frames.
+            audio: [B, T, 1, 96, 64] log-mel examples.
+
+        Returns:
+            ``logits`` [B, T, classes, H, W]; ``agv`` [B, T, C, H/4, W/4] (F_AGV, the per-pixel
+            feature the AVFS loss reads); ``audio_queries`` [B, T, Q, C] (F_a);
+            ``vga`` [B, T, Q, C] (F_VGA).
+        """
+        batch = frames.shape[0]
+        encoded = self.encode(frames, audio)
+        tokens = encoded["tokens"]
+        agv_tokens, vga = self.bavd(
+            tokens["tokens"],
+            tokens["pos"],
+            tokens["reference_points"],
+            tokens["shapes"],
+            encoded["audio_queries"],
+        )
+        agv = self.mask_feature(level_map(agv_tokens, tokens["shapes"], 0), encoded["stride4"])
+        logits = self.head(agv, vga)
+        return {
+            "logits": self.per_clip(logits, batch),
+            "agv": self.per_clip(agv, batch),
+            "audio_queries": self.per_clip(encoded["audio_queries"], batch),
+            "vga": self.per_clip(vga, batch),
+        }

@@ -1,0 +1,134 @@
+"""The Bidirectional Audio-Visual Decoder (BAVD) of AVSAC, section 3.2 of the paper.
+
+Two towers, joined by bridges at every layer:
+
+* AGV (audio-guided vision), layer i: deformable self-attention over the visual tokens (F_v^i),
+  then audio-guided cross-attention (AGCA, Eq. 2): queries from F_v^i, keys and values from the
+  VGA tower's *input* at layer i, added to F_v^i scaled by a learnable weight w; then an FFN.
+* VGA (vision-guided audio), layer i: cross-attention only (Eq. 3): queries are the previous VGA
+  output (F_a at layer 1), keys and values the AGV tower's output of layer i.
+
+Ablations (Table 3): without a bridge direction, the tower on its receiving end attends to the
+other modality's fixed input (F_vis or F_a) instead of the other tower's layer output; without
+AGCA the AGV tower does not attend to audio at all.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from avsac_lit.models.deformable_attention import MultiScaleDeformableAttention
+from avsac_lit.models.transformer import FeedForward
+
+Bridge = Literal["bidirectional", "audio_to_vision", "vision_to_audio"]
+BRIDGES = ("bidirectional", "audio_to_vision", "vision_to_audio")
+
+
+class AGVLayer(nn.Module):
+    """Deformable self-attention, audio-guided cross-attention (optional), FFN; post-norm."""
+
+    def __init__(
+        self, *, dim: int = 256, heads: int = 8, points: int = 4, levels: int = 3,
+        hidden_dim: int = 2048, dropout: float = 0.1, agca: bool = True,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.self_attn = MultiScaleDeformableAttention(
+            dim=dim, levels=levels, heads=heads, points=points
+        )
+        self.self_norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+        self.agca = agca
+        if agca:
+            self.cross_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+            # w of Eq. 2: how much audio the vision tower takes in.
+            self.audio_weight = nn.Parameter(torch.ones(()))
+            self.cross_norm = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim=dim, hidden_dim=hidden_dim, dropout=dropout)
+
+    def forward(
+        self, tokens: Tensor, pos: Tensor, reference_points: Tensor,
+        shapes: list[tuple[int, int]], audio: Tensor,
+    ) -> Tensor:  # fmt: skip
+        attended = self.self_attn(tokens + pos, reference_points, tokens, shapes)
+        visual = self.self_norm(tokens + self.dropout(attended))  # F_v^i
+        if self.agca:
+            heard = self.cross_attn(visual + pos, audio, audio)[0]
+            visual = self.cross_norm(visual + self.dropout(heard) * self.audio_weight)
+        return self.ffn(visual)
+
+
+class VGALayer(nn.Module):
+    """Cross-attention from the audio queries to the visual tokens (no self-attention).
+
+    Args:
+        ffn: follow the cross-attention with an FFN, as a transformer decoder layer without its
+            self-attention (our reading of "only cross attention layers"; see docs/model.md).
+    """
+
+    def __init__(
+        self, *, dim: int = 256, heads: int = 8, hidden_dim: int = 2048, dropout: float = 0.1,
+        ffn: bool = True,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.cross_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim=dim, hidden_dim=hidden_dim, dropout=dropout) if ffn else None
+
+    def forward(self, queries: Tensor, visual: Tensor) -> Tensor:
+        queries = self.norm(queries + self.dropout(self.cross_attn(queries, visual, visual)[0]))
+        return self.ffn(queries) if self.ffn is not None else queries
+
+
+class BAVD(nn.Module):
+    """The two towers and their bridges.
+
+    Args:
+        num_layers: layers per tower (Table 5: 2, 4, 6).
+        bridge: ``bidirectional``, ``audio_to_vision`` or ``vision_to_audio``.
+        agca: audio-guided cross-attention in the AGV tower.
+        vga_ffn: an FFN after each VGA cross-attention.
+    """
+
+    def __init__(
+        self, *, num_layers: int = 6, bridge: Bridge = "bidirectional", agca: bool = True,
+        vga_ffn: bool = True, dim: int = 256, heads: int = 8, points: int = 4,
+        hidden_dim: int = 2048, dropout: float = 0.1,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        if bridge not in BRIDGES:
+            raise ValueError(f"model.bavd.bridge={bridge!r}; expected one of {', '.join(BRIDGES)}.")
+        if num_layers < 1:
+            raise ValueError(f"model.bavd.num_layers must be at least 1, got {num_layers}.")
+        self.bridge = bridge
+        self.agv_layers = nn.ModuleList(
+            AGVLayer(
+                dim=dim,
+                heads=heads,
+                points=points,
+                hidden_dim=hidden_dim,
+                dropout=dropout,
+                agca=agca,
+            )
+            for _ in range(num_layers)
+        )
+        self.vga_layers = nn.ModuleList(
+            VGALayer(dim=dim, heads=heads, hidden_dim=hidden_dim, dropout=dropout, ffn=vga_ffn)
+            for _ in range(num_layers)
+        )
+
+    def forward(
+        self, visual: Tensor, pos: Tensor, reference_points: Tensor,
+        shapes: list[tuple[int, int]], audio: Tensor,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """F_vis [N, L, C] and F_a [N, Q, C] -> (AGV tokens [N, L, C], F_VGA [N, Q, C])."""
+        audio_to_vision = self.bridge in ("bidirectional", "audio_to_vision")
+        vision_to_audio = self.bridge in ("bidirectional", "vision_to_audio")
+        agv, vga = visual, audio
+        for agv_layer, vga_layer in zip(self.agv_layers, self.vga_layers, strict=True):
+            agv = agv_layer(agv, pos, reference_points, shapes, vga if audio_to_vision else audio)
+            vga = vga_layer(vga, agv if vision_to_audio else visual)
+        return agv, vga
