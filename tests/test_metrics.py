@@ -94,14 +94,46 @@ def test_f_measure_of_an_all_empty_batch_is_zero():
     assert f_measure(logits, torch.zeros(2, 2, 2)).item() == 0.0
 
 
+def test_f_measure_of_a_perfect_prediction_is_one():
+    # At every threshold up to sigmoid(10) = 0.99995 the prediction is the GT: P = R = 1 and
+    # F = 1.3 / (0.3 + 1) = 1 (exactly, in float32). Above it (the last threshold, 1.0) nothing
+    # is predicted and F = 0, which the max ignores.
+    target = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[1.0, 1.0], [0.0, 1.0]]])
+    assert f_measure(target * 20 - 10, target).item() == 1.0
+
+
+def test_f_measure_turns_nan_into_zero():
+    # GT on the top-left pixel only (p = 0.1); a false positive at p = 0.9; two pixels at 0.05.
+    #   th <= 0.05       : 4 predicted, tp 1 -> P 1/4, R 1 -> F = 1.3*.25/(.075+1) = 0.302326
+    #   0.05 < th <= 0.1 : 2 predicted, tp 1 -> P 1/2, R 1 -> F = 1.3*.5/(.15+1)   = 0.565217
+    #   0.1 < th <= 0.9  : 1 predicted, tp 0 -> P 0, R 0   -> F = 0/0 = NaN -> 0
+    #   th > 0.9         : 0 predicted -> P = 0/(0 + 1e-20) = 0, R 0 -> NaN -> 0
+    target = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    logits = torch.tensor([[[logit(0.1), logit(0.9)], [logit(0.05), logit(0.05)]]])
+    curve, count = f_measure_curves(logits, target)
+    thresholds = torch.linspace(0, 1 - 1e-10, 255)
+    assert count.item() == 1
+    assert not curve.isnan().any()
+    assert torch.allclose(curve[thresholds < 0.049], torch.tensor(0.302326), atol=1e-6)
+    assert torch.allclose(
+        curve[(thresholds > 0.051) & (thresholds < 0.099)], torch.tensor(0.565217)
+    )
+    assert (curve[thresholds > 0.101] == 0).all()
+    assert f_measure(logits, target).item() == pytest.approx(0.565217, abs=1e-6)
+
+
 def test_last_threshold_is_one_in_float32():
     target = torch.ones(1, 1, 1)
     saturated, _ = f_measure_curves(torch.full((1, 1, 1), 30.0), target)
     confident, _ = f_measure_curves(torch.full((1, 1, 1), 8.0), target)
+    moderate, _ = f_measure_curves(torch.full((1, 1, 1), 5.0), target)
     assert torch.linspace(0, 1 - 1e-10, 255)[-1].item() == 1.0
     assert saturated[-1].item() == pytest.approx(1.0)  # sigmoid(30) rounds to exactly 1.0
     assert confident[-1].item() == 0.0  # sigmoid(8) = 0.99966 < 1.0: nothing predicted, NaN -> 0
-    assert confident[-2].item() == pytest.approx(1.0)
+    assert confident[-2].item() == pytest.approx(1.0)  # 253/254 = 0.99606 <= 0.99966
+    # sigmoid(5) = 0.99331 also falls below 253/254 = 0.99606, but not below 252/254 = 0.99213.
+    assert moderate[-2:].tolist() == [0.0, 0.0]
+    assert moderate[-3].item() == pytest.approx(1.0)
 
 
 def reference_f_measure(logits: torch.Tensor, target: torch.Tensor) -> float:
@@ -124,14 +156,23 @@ def reference_f_measure(logits: torch.Tensor, target: torch.Tensor) -> float:
     return 0.0 if frames == 0 else (total / frames).max().item()
 
 
-def test_f_measure_equals_the_reference_loop_on_random_batches():
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(6):
-        logits = torch.randn(4, 12, 12, generator=generator) * 3
-        target = (torch.rand(4, 12, 12, generator=generator) > 0.6).float()
+@pytest.mark.parametrize(("frames", "size", "scale"), [(4, 12, 3.0), (10, 16, 1.0), (10, 16, 12.0)])
+def test_f_measure_equals_the_reference_loop_on_random_batches(frames, size, scale):
+    generator = torch.Generator().manual_seed(frames * size + int(scale))
+    for _ in range(3):
+        logits = torch.randn(frames, size, size, generator=generator) * scale
+        target = (torch.rand(frames, size, size, generator=generator) > 0.6).float()
         target[1] = 0  # one empty frame
         # Bit for bit: the counts are exact integers and the float32 arithmetic is the same.
         assert f_measure(logits, target).item() == reference_f_measure(logits, target)
+
+
+def test_nan_logits_are_never_foreground():
+    # NaN > 0.5 and NaN >= t are false in the reference: a NaN pixel is predicted background.
+    target = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
+    logits = torch.tensor([[[float("nan"), 5.0], [-5.0, float("nan")]]])
+    assert mask_iou(logits, target).item() == pytest.approx(0.5)
+    assert f_measure(logits, target).item() == reference_f_measure(logits, target)
 
 
 def one_hot_logits(prediction: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -161,6 +202,92 @@ def test_avss_absent_class_counts_zero_in_the_mean():
     miou, fscore = avss_miou_fscore(one_hot_logits(AVSS_PREDICTION, 4), AVSS_TARGET, num_classes=4)
     assert miou.item() == pytest.approx((0.875 + 0.25 + 0.5 + 0) / 4)
     assert fscore.item() == pytest.approx((0.9642857 + 0.40625 + 0.5652174 + 0) / 4, abs=1e-6)
+
+
+def test_avss_disjoint_prediction_gives_nan_then_zero():
+    # One 2x2 frame, 3 classes. Target [[1, 0], [0, 0]], prediction [[0, 1], [0, 0]].
+    #   class 0: inter 2, pred 3, label 3, union 4 -> IoU 1/2; P = R = 2/3 -> F = 2/3.
+    #   class 1: inter 0, pred 1, label 1, union 2 -> IoU 0; P = R = 0 -> F = 0/0 = NaN -> 0.
+    #   class 2: never seen: union 0 -> IoU 0/(2.2e-16) = 0, not counted; F = NaN -> 0.
+    # mIoU = (1/2 + 0 + 0) / 3 = 1/6 and F = (2/3 + 0 + 0) / 3 = 2/9: the absent class counts 0.
+    target = torch.tensor([[[1, 0], [0, 0]]])
+    prediction = torch.tensor([[[0, 1], [0, 0]]])
+    iou, f, count = avss_frame_stats(one_hot_logits(prediction, 3), target, num_classes=3)
+    assert iou.tolist() == [0.5, 0.0, 0.0]
+    assert f.tolist() == pytest.approx([2 / 3, 0.0, 0.0])
+    assert count.tolist() == [1.0, 1.0, 0.0]
+    miou, fscore = avss_miou_fscore(one_hot_logits(prediction, 3), target, num_classes=3)
+    assert miou.item() == pytest.approx(1 / 6)
+    assert fscore.item() == pytest.approx(2 / 9)
+
+
+def test_avss_takes_the_argmax_of_the_softmax():
+    # Class 1's logit is one float32 step above class 0's; their softmax values are equal, so the
+    # reference's argmax picks class 0. One 1x1 frame of class 0: IoU 1 for class 0, class 1
+    # unseen -> mIoU (1 + 0) / 2 = 0.5. The argmax of the raw logits would give 0.
+    low = torch.tensor(0.3)
+    logits = torch.stack([low, torch.nextafter(low, torch.tensor(1.0))]).view(1, 2, 1, 1)
+    assert logits.argmax(dim=1).item() == 1
+    miou, _ = avss_miou_fscore(logits, torch.zeros(1, 1, 1, dtype=torch.long), num_classes=2)
+    assert miou.item() == 0.5
+
+
+def histc_reference_avss(batches, num_classes):
+    """The reference's formulation (AVSBench anchors 2.5), in float32: softmax, argmax, ids shifted
+    to 1..C, one histc per frame, per-frame sums added frame by frame, per-batch sums added batch
+    by batch, then NaN -> 0 and the mean over all classes."""
+    totals = [torch.zeros(num_classes) for _ in range(3)]
+    for logits, target in batches:
+        prediction = (torch.softmax(logits, dim=1).argmax(dim=1) + 1).float()
+        label = target.float() + 1
+        intersection = prediction * (prediction == label).float()
+        batch = [torch.zeros(num_classes) for _ in range(3)]
+        for i in range(label.shape[0]):
+            area_inter, area_pred, area_lab = (
+                torch.histc(x[i], bins=num_classes, min=1, max=num_classes)
+                for x in (intersection, prediction, label)
+            )
+            area_union = area_pred + area_lab - area_inter
+            precision, recall = area_inter / area_pred, area_inter / area_lab
+            fscore = 1.3 * precision * recall / (0.3 * precision + recall)
+            fscore[torch.isnan(fscore)] = 0
+            batch[0] += area_inter / (2.220446049250313e-16 + area_union)
+            batch[1] += fscore
+            batch[2][area_union > 0] += 1
+        for total, part in zip(totals, batch, strict=True):
+            total += part
+    iou_sum, f_sum, count = totals
+    miou, fscore = iou_sum / count, f_sum / count
+    miou[torch.isnan(miou)] = 0
+    fscore[torch.isnan(fscore)] = 0
+    return totals, miou.mean(), fscore.mean()
+
+
+def test_avss_equals_the_histc_formulation_bit_for_bit():
+    generator = torch.Generator().manual_seed(3)
+    batches = []
+    for _ in range(3):
+        logits = torch.randn(10, 71, 8, 8, generator=generator)
+        target = torch.randint(0, 71, (10, 8, 8), generator=generator)
+        target[3:] = torch.where(target[3:] < 40, 0, target[3:])  # plenty of background
+        target[9] = 0  # a padding frame: background ground truth, zero logits
+        logits[9] = 0
+        batches.append((logits, target))
+    totals, miou, fscore = histc_reference_avss(batches, 71)
+    metrics = AVSSMeanIoU(), AVSSFScore()
+    for logits, target in batches:
+        for metric in metrics:
+            metric.update(logits, target)
+    states = (metrics[0].iou_sum, metrics[0].f_sum, metrics[0].count)
+    for got, expected in zip(states, totals, strict=True):
+        assert torch.equal(got, expected)
+    assert torch.equal(metrics[0].compute(), miou)
+    assert torch.equal(metrics[1].compute(), fscore)
+    # One batch taken as a split: the functional form agrees too.
+    _, miou_one, fscore_one = histc_reference_avss(batches[:1], 71)
+    assert torch.equal(
+        torch.stack(avss_miou_fscore(*batches[0])), torch.stack([miou_one, fscore_one])
+    )
 
 
 def reference_avss_stats(prediction, target, num_classes):
@@ -197,6 +324,20 @@ def test_avss_equals_a_slow_per_class_loop():
             "class id 3",
         ),
         (lambda: avss_miou_fscore(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2).long()), "71"),
+        (
+            lambda: f_measure(torch.zeros(2, 4, 4), torch.zeros(3, 4, 4)),
+            r"\[3, 4, 4\].*\[2, 4, 4\]",
+        ),
+        (
+            lambda: avss_frame_stats(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 3).long(), 3),
+            r"\[1, 2, 3\].*\[1, 3, 2, 2\]",
+        ),
+        (
+            lambda: avss_frame_stats(torch.zeros(1, 3, 2, 2), torch.full((1, 2, 2), -1), 3),
+            "class id -1",
+        ),
+        (lambda: mask_iou(torch.zeros(1, 2, 2), torch.full((1, 2, 2), 255.0)), "0/1 values"),
+        (lambda: f_measure(torch.zeros(1, 2, 2), torch.full((1, 2, 2), 255.0)), "0/1 values"),
     ],
 )
 def test_bad_inputs_are_refused(call, match):
@@ -221,6 +362,25 @@ def test_protocol_f_depends_on_batching_and_pooled_does_not():
     assert pooled_apart.compute().item() == pytest.approx(0.8125)
 
 
+def test_protocol_means_add_batches_like_the_reference_script():
+    # The reference adds the batch IoUs as float32 tensors and the batch F values as Python
+    # floats (.item()), then divides by the number of batches.
+    generator = torch.Generator().manual_seed(4)
+    jaccard, fscore = ProtocolJaccard(), ProtocolFScore()
+    iou_total, f_total, batches = 0.0, 0.0, 7
+    for index in range(batches):
+        frames = 10 if index < batches - 1 else 5  # a smaller last batch
+        logits = torch.randn(frames, 16, 16, generator=generator) * 4
+        target = (torch.rand(frames, 16, 16, generator=generator) > 0.5).float()
+        target[:2] = 0
+        jaccard.update(logits, target)
+        fscore.update(logits, target)
+        iou_total = iou_total + mask_iou(logits, target)
+        f_total += f_measure(logits, target).item()
+    assert torch.equal(jaccard.compute(), iou_total / batches)
+    assert fscore.compute().item() == f_total / batches
+
+
 def test_protocol_jaccard_is_a_mean_of_batch_means():
     metric = ProtocolJaccard()
     metric.update(torch.stack([LOGITS_A, LOGITS_B]), torch.stack([TARGET_A, TARGET_B]))
@@ -232,11 +392,18 @@ def test_protocol_jaccard_is_a_mean_of_batch_means():
 
 
 @pytest.mark.parametrize(
-    "make", [ProtocolJaccard, ProtocolFScore, PooledFScore, lambda: AVSSMeanIoU(num_classes=5)]
+    "make",
+    [
+        ProtocolJaccard,
+        ProtocolFScore,
+        PooledFScore,
+        lambda: AVSSMeanIoU(num_classes=5),
+        lambda: AVSSFScore(num_classes=5),
+    ],
 )
 def test_states_reduce_across_processes(make):
     generator = torch.Generator().manual_seed(2)
-    is_avss = isinstance(make(), AVSSMeanIoU)
+    is_avss = isinstance(make(), AVSSMeanIoU | AVSSFScore)
     batches = []
     for _ in range(4):
         if is_avss:
@@ -253,6 +420,15 @@ def test_states_reduce_across_processes(make):
     # Merging with the states' own reduction (sum) is what a distributed sync does.
     rank0.merge_state(rank1)
     assert torch.allclose(rank0.compute(), single.compute())
+    # By hand, as an all-reduce would: every state is a sum.
+    rank0_again, rank1_again = make(), make()
+    for index, batch in enumerate(batches):
+        (rank0_again if index % 2 == 0 else rank1_again).update(*batch)
+    for name in single.metric_state:
+        total = getattr(rank0_again, name) + getattr(rank1_again, name)
+        assert torch.allclose(total, getattr(single, name))
+        setattr(rank0_again, name, total)
+    assert torch.allclose(rank0_again.compute(), single.compute())
 
 
 def test_avss_metric_classes_match_the_function():

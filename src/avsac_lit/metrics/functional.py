@@ -19,6 +19,27 @@ NUM_THRESHOLDS = 255
 AVSS_EPS = 2.220446049250313e-16
 
 
+def _thresholds(device: torch.device) -> Tensor:
+    """The reference's 255 thresholds [255] float32, on ``device``.
+
+    Built on the CPU, as the reference builds them before moving them to the GPU, so that they
+    are the same values whatever the device. In float32 the last one, 1 - 1e-10, is exactly 1.0.
+    """
+    return torch.linspace(0, 1 - 1e-10, NUM_THRESHOLDS).to(device)
+
+
+def _sum_in_order(rows: Tensor) -> Tensor:
+    """Sum of rows [K, ...] -> [...], one row after the other.
+
+    The reference adds frame after frame; a tensor reduction may associate differently and
+    change the last bit of a float32 sum.
+    """
+    total = torch.zeros(rows.shape[1:], dtype=rows.dtype, device=rows.device)
+    for row in rows:
+        total += row
+    return total
+
+
 def _check_pair(logits: Tensor, target: Tensor, ndim: int, layout: str) -> None:
     if logits.dim() != ndim:
         raise ValueError(f"Expected logits of shape {layout}, got {list(logits.shape)}.")
@@ -27,6 +48,13 @@ def _check_pair(logits: Tensor, target: Tensor, ndim: int, layout: str) -> None:
         raise ValueError(
             f"Target shape {list(target.shape)} does not match logits shape {list(logits.shape)}."
         )
+
+
+def _check_binary(target: Tensor) -> None:
+    # A mask left at 0/255 would give meaningless scores without any error in the reference.
+    if target.numel() and ((target != 0) & (target != 1)).any():
+        bad = target[(target != 0) & (target != 1)][0]
+        raise ValueError(f"Target must hold 0/1 values, found {bad.item()}.")
 
 
 def mask_iou(logits: Tensor, target: Tensor) -> Tensor:
@@ -40,8 +68,10 @@ def mask_iou(logits: Tensor, target: Tensor) -> Tensor:
     its true-negative fraction (the share of pixels predicted background) instead of 0/0.
     """
     _check_pair(logits, target, 3, "[N, H, W]")
+    _check_binary(target)
     num_pixels = logits.shape[-1] * logits.shape[-2]
-    prediction = (torch.sigmoid(logits) > 0.5).int()
+    # float32 as in the reference; a half-precision sigmoid would round values near 0.5 to 0.5.
+    prediction = (torch.sigmoid(logits.float()) > 0.5).int()
     target = target.int()
     empty = target.sum(dim=(1, 2)) == 0
     inter = (prediction * target).sum(dim=(1, 2)).float()
@@ -55,14 +85,22 @@ def mask_iou(logits: Tensor, target: Tensor) -> Tensor:
 def f_measure_curves(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """Sum over frames with non-empty ground truth of their F-vs-threshold curves.
 
+    Args:
+        logits: [N, H, W] mask logits; p = sigmoid(logits).
+        target: [N, H, W] ground truth, 0/1. Frames with an empty ground truth are skipped.
+
     Returns:
-        (curve_sum [255] float32, count 0-dim): the sum of the per-frame F curves at the
-        thresholds ``linspace(0, 1 - 1e-10, 255)`` and the number of frames summed.
+        (curve_sum [255] float32, count 0-dim float32): the sum, over the frames kept, of the F
+        curves at the thresholds t = ``linspace(0, 1 - 1e-10, 255)`` (float32, so the last one is
+        1.0), and the number of frames kept. Per frame and threshold: tp = #(p >= t and gt),
+        P = tp / (#(p >= t) + 1e-20), R = tp / (#gt + 1e-20), F = 1.3 P R / (0.3 P + R), NaN
+        (P = R = 0) to 0.
     """
     _check_pair(logits, target, 3, "[N, H, W]")
-    # In float32 the last threshold, 1 - 1e-10, is exactly 1.0, as in the reference.
-    thresholds = torch.linspace(0, 1 - 1e-10, NUM_THRESHOLDS, device=logits.device)
-    probabilities = torch.sigmoid(logits.float()).flatten(1)  # [N, H*W]
+    _check_binary(target)
+    thresholds = _thresholds(logits.device)
+    # A NaN probability is never >= a threshold in the reference; -1 is below them all too.
+    probabilities = torch.nan_to_num(torch.sigmoid(logits.float()).flatten(1), nan=-1.0)
     truth = target.float().flatten(1)
     nonempty = truth.sum(dim=1) != 0
     probabilities, truth = probabilities[nonempty], truth[nonempty]
@@ -88,7 +126,7 @@ def f_measure_curves(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     precision = true_positive / (predicted + PR_EPS)
     recall = true_positive / (truth.sum(dim=1, keepdim=True) + PR_EPS)
     f_score = (1 + BETA2) * precision * recall / (BETA2 * precision + recall)
-    curve_sum = torch.nan_to_num(f_score, nan=0.0).sum(dim=0)
+    curve_sum = _sum_in_order(torch.nan_to_num(f_score, nan=0.0))
     return curve_sum, torch.tensor(float(frames), device=logits.device)
 
 
@@ -115,13 +153,16 @@ def avss_frame_stats(
     """Per-class sums over frames of IoU and F, and per-class frame counts.
 
     Args:
-        logits: [N, C, H, W] class logits (the prediction is their argmax), or the predicted
-            class ids themselves, an integer tensor [N, H, W].
+        logits: [N, C, H, W] class logits (the prediction is the argmax of their float32 softmax,
+            as in the reference), or the predicted class ids themselves, an integer tensor
+            [N, H, W].
         target: [N, H, W] class ids in [0, num_classes).
 
     Returns:
-        (iou_sum [C], f_sum [C], count [C]), float32. ``count[c]`` is the number of frames in which
-        class c is predicted or present. F is 0 where precision or recall is undefined.
+        (iou_sum [C], f_sum [C], count [C]), float32. Per frame and class c: IoU_c =
+        inter / (2.22e-16 + union) and F_c = 1.3 P R / (0.3 P + R) with P = inter / pred_area and
+        R = inter / label_area, NaN (0/0) to 0; ``count[c]`` is the number of frames in which
+        class c is predicted or present (union > 0).
     """
     if logits.dim() == 4:
         _check_pair(logits, target, 4, "[N, C, H, W]")
@@ -129,7 +170,9 @@ def avss_frame_stats(
             raise ValueError(
                 f"logits have {logits.shape[1]} classes, expected num_classes={num_classes}."
             )
-        prediction = logits.argmax(dim=1)
+        # Not argmax(logits): in float32 the softmax can map two nearly equal top logits to the
+        # same probability, and argmax then takes the lower class id, as the reference does.
+        prediction = torch.softmax(logits.float(), dim=1).argmax(dim=1)
     else:
         _check_pair(logits, target, 3, "[N, C, H, W] logits or [N, H, W] class ids")
         if logits.is_floating_point():
@@ -141,7 +184,8 @@ def avss_frame_stats(
             bad = ids.min() if ids.min() < 0 else ids.max()
             raise ValueError(f"{name} holds class id {int(bad)}, outside [0, {num_classes}).")
     frames = prediction.shape[0]
-    # One bincount for all frames: frame f's class c goes to bin f * C + c.
+    # One bincount for all frames (frame f's class c goes to bin f * C + c) gives the reference's
+    # per-frame histc over the shifted ids 1..C: its bins are 70/71 wide but hold one id each.
     offsets = torch.arange(frames, device=prediction.device)[:, None] * num_classes
     predicted, truth = prediction.flatten(1) + offsets, target.flatten(1) + offsets
 
@@ -156,15 +200,24 @@ def avss_frame_stats(
     precision = area_inter / area_pred
     recall = area_inter / area_label
     f_score = (1 + BETA2) * precision * recall / (BETA2 * precision + recall)
-    f_score = torch.nan_to_num(f_score, nan=0.0, posinf=0.0, neginf=0.0)
-    return iou.sum(dim=0), f_score.sum(dim=0), (area_union > 0).float().sum(dim=0)
+    # NaN where a class is absent from the prediction or the label (0/0 in P or R), or where both
+    # areas are non-empty but disjoint (P = R = 0). inter > 0 implies both areas > 0: no inf.
+    f_score = torch.nan_to_num(f_score, nan=0.0)
+    seen = (area_union > 0).float()
+    return _sum_in_order(iou), _sum_in_order(f_score), _sum_in_order(seen)
 
 
 def avss_scores_from_stats(iou_sum: Tensor, f_sum: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
-    """(mIoU, F): per-class sums divided by counts, NaN to 0, mean over all classes."""
+    """(mIoU, F), 0-dim: per-class sums [C] divided by counts [C], NaN to 0, mean over all C.
+
+    The mean is taken on the CPU, where the reference takes it, so that its float32 rounding is
+    the reference's; the results go back to the device of the inputs.
+    """
+    device = iou_sum.device
+    iou_sum, f_sum, count = iou_sum.cpu(), f_sum.cpu(), count.cpu()
     miou = torch.nan_to_num(iou_sum / count, nan=0.0).mean()
     fscore = torch.nan_to_num(f_sum / count, nan=0.0).mean()
-    return miou, fscore
+    return miou.to(device), fscore.to(device)
 
 
 def avss_miou_fscore(
@@ -176,7 +229,8 @@ def avss_miou_fscore(
         logits: [N, C, H, W] class logits, or predicted class ids [N, H, W] (integer).
         target: [N, H, W] class ids.
 
-    Every class counts in the mean, background (0) included; a class never predicted nor present
-    scores 0.
+    Returns:
+        (miou, fscore), 0-dim float32. Every class counts in the mean, background (0) included; a
+        class never predicted nor present scores 0.
     """
     return avss_scores_from_stats(*avss_frame_stats(logits, target, num_classes))

@@ -23,36 +23,46 @@ from avsac_lit.metrics.functional import (
 
 
 class _BatchMean(Metric):
-    """Mean over ``update`` calls of a per-batch score: the protocol's AverageMeter."""
+    """Mean over ``update`` calls of a per-batch score: the protocol's AverageMeter.
+
+    States: ``score_sum`` (0-dim, sum of the batch scores) and ``num_batches`` (0-dim), both
+    summed across processes. ``state_dtype`` is the dtype in which the reference script adds
+    up the batch scores.
+    """
 
     higher_is_better = True
     is_differentiable = False
     full_state_update = False
+    state_dtype = torch.float32
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.add_state("score_sum", default=torch.zeros(()), dist_reduce_fx="sum")
-        self.add_state("num_batches", default=torch.zeros(()), dist_reduce_fx="sum")
+        zero = torch.zeros((), dtype=self.state_dtype)
+        self.add_state("score_sum", default=zero.clone(), dist_reduce_fx="sum")
+        self.add_state("num_batches", default=zero.clone(), dist_reduce_fx="sum")
 
     def batch_score(self, logits: Tensor, target: Tensor) -> Tensor:
+        """0-dim score of one batch; logits and target [N, H, W]."""
         raise NotImplementedError
 
     def update(self, logits: Tensor, target: Tensor) -> None:
         """One evaluation batch: logits and target [N, H, W], all frames of the batch's clips."""
-        self.score_sum += self.batch_score(logits, target)
+        self.score_sum += self.batch_score(logits, target).to(self.state_dtype)
         self.num_batches += 1
 
     def compute(self) -> Tensor:
+        """0-dim: score_sum / num_batches, 0 when no batch was seen."""
         if self.num_batches == 0:
-            return torch.zeros((), device=self.score_sum.device)
+            return torch.zeros((), dtype=self.state_dtype, device=self.score_sum.device)
         return self.score_sum / self.num_batches
 
 
 class ProtocolJaccard(_BatchMean):
     """S4/MS3 Jaccard (M_J) as the protocol computes it: per-batch mean IoU, averaged over batches.
 
-    The unweighted mean over batches over-weights a smaller last batch, as the reference's
-    AverageMeter does.
+    Each ``update(logits [N, H, W], target [N, H, W])`` is one evaluation batch. The unweighted
+    mean over batches over-weights a smaller last batch, exactly like the reference's
+    AverageMeter. The batch values are added in float32, as the reference adds its tensors.
     """
 
     def batch_score(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -62,8 +72,14 @@ class ProtocolJaccard(_BatchMean):
 class ProtocolFScore(_BatchMean):
     """S4/MS3 F-score (M_F) as the protocol computes it: per-batch max-F, averaged over batches.
 
-    It depends on the evaluation batch size, and a batch with no annotated object scores 0.
+    Each ``update(logits [N, H, W], target [N, H, W])`` is one evaluation batch. The result
+    depends on the evaluation batch size (the maximum is taken per batch), a batch whose frames
+    all have an empty ground truth scores 0 and still counts, and a smaller last batch weighs as
+    much as a full one. The batch values are added in float64, as the reference adds Python
+    floats.
     """
+
+    state_dtype = torch.float64
 
     def batch_score(self, logits: Tensor, target: Tensor) -> Tensor:
         return f_measure(logits, target)
@@ -72,7 +88,9 @@ class ProtocolFScore(_BatchMean):
 class PooledFScore(Metric):
     """Batch-size-independent F: F curves averaged over all non-empty frames, then the max.
 
-    For reference next to :class:`ProtocolFScore`; not what papers report.
+    States: ``curve_sum`` [255] (sum of the F curves of the frames with non-empty ground truth)
+    and ``num_frames`` (0-dim), both summed across processes. Log it next to
+    :class:`ProtocolFScore` as a sanity check; it is not what papers report.
     """
 
     higher_is_better = True
@@ -85,18 +103,25 @@ class PooledFScore(Metric):
         self.add_state("num_frames", default=torch.zeros(()), dist_reduce_fx="sum")
 
     def update(self, logits: Tensor, target: Tensor) -> None:
+        """Any number of frames: logits and target [N, H, W]; how they are batched is irrelevant."""
         curve_sum, count = f_measure_curves(logits, target)
         self.curve_sum += curve_sum
         self.num_frames += count
 
     def compute(self) -> Tensor:
+        """0-dim: max over thresholds of the mean curve, 0 when no frame had an object."""
         if self.num_frames == 0:
             return torch.zeros((), device=self.curve_sum.device)
         return (self.curve_sum / self.num_frames).max()
 
 
 class _AVSSStats(Metric):
-    """Per-class IoU and F sums with their frame counts, over a whole split."""
+    """Per-class IoU and F sums with their frame counts, over a whole split.
+
+    States ``iou_sum``, ``f_sum`` and ``count``, each [num_classes], summed across processes; see
+    :func:`avss_frame_stats`. Every frame passed to ``update`` is scored, padding frames included
+    if the caller passes them (the reference does).
+    """
 
     higher_is_better = True
     is_differentiable = False
@@ -108,15 +133,16 @@ class _AVSSStats(Metric):
         for name in ("iou_sum", "f_sum", "count"):
             self.add_state(name, default=torch.zeros(num_classes), dist_reduce_fx="sum")
 
-    def update(self, preds: Tensor, target: Tensor) -> None:
+    def update(self, logits: Tensor, target: Tensor) -> None:
         """Logits [N, C, H, W] (or predicted class ids [N, H, W]) and target class ids [N, H, W]
         of any number of frames."""
-        iou_sum, f_sum, count = avss_frame_stats(preds, target, self.num_classes)
+        iou_sum, f_sum, count = avss_frame_stats(logits, target, self.num_classes)
         self.iou_sum += iou_sum
         self.f_sum += f_sum
         self.count += count
 
     def scores(self) -> tuple[Tensor, Tensor]:
+        """(mIoU, F), 0-dim, from the accumulated sums."""
         return avss_scores_from_stats(self.iou_sum, self.f_sum, self.count)
 
 
