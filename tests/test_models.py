@@ -193,3 +193,14 @@ def test_parameter_budgets_with_pvt_v2_b5():
 
     assert 183.0 <= total(AVSegFormer(**encoders())) <= 187.0
     assert 178.0 <= total(AVSAC(bavd=BAVD(), **encoders())) <= 184.0
+
+
+@pytest.mark.parametrize("kind", ["avsac", "avsegformer"])
+def test_padding_frames_get_zero_logits_like_avsegformer(kind):
+    model = build(kind, num_classes=71).eval()
+    batch = batch_for(frames=10, num_classes=71, clips=1)
+    batch["frame_valid"][:, 5:] = False
+    with torch.no_grad():
+        outputs = model(batch["frames"], batch["audio"], batch["frame_valid"])
+    assert not outputs["logits"][:, 5:].any()
+    assert outputs["logits"][:, :5].abs().sum() > 0

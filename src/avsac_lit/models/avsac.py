@@ -44,11 +44,14 @@ class AVSAC(AVSModel):
         self.bavd = bavd
         self.reset_head_parameters()
 
-    def forward(self, frames: Tensor, audio: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self, frames: Tensor, audio: Tensor, frame_valid: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """
         Args:
             frames: [B, T, 3, H, W] normalised frames.
             audio: [B, T, 1, 96, 64] log-mel examples.
+            frame_valid: [B, T] bool; padding frames (False) get zero features and logits.
 
         Returns:
             ``logits`` [B, T, classes, H, W]; ``agv`` [B, T, C, H/4, W/4] (F_AGV, the per-pixel
@@ -56,7 +59,7 @@ class AVSAC(AVSModel):
             ``vga`` [B, T, Q, C] (F_VGA).
         """
         batch = frames.shape[0]
-        encoded = self.encode(frames, audio)
+        encoded = self.encode(frames, audio, frame_valid)
         tokens = encoded["tokens"]
         agv_tokens, vga = self.bavd(
             tokens["tokens"],
@@ -66,7 +69,8 @@ class AVSAC(AVSModel):
             encoded["audio_queries"],
         )
         agv = self.mask_feature(level_map(agv_tokens, tokens["shapes"], 0), encoded["stride4"])
-        logits = self.head(agv, vga)
+        agv = self.masked(agv, encoded["flag"])
+        logits = self.masked(self.head(agv, vga), encoded["flag"])
         return {
             "logits": self.per_clip(logits, batch),
             "agv": self.per_clip(agv, batch),

@@ -60,18 +60,21 @@ class AVSegFormer(AVSModel):
         self.mixer = CrossModalMixer(dim=dim)
         self.reset_head_parameters()
 
-    def forward(self, frames: Tensor, audio: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self, frames: Tensor, audio: Tensor, frame_valid: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """
         Args:
             frames: [B, T, 3, H, W] normalised frames.
             audio: [B, T, 1, 96, 64] log-mel examples.
+            frame_valid: [B, T] bool; padding frames (False) get zero features and logits.
 
         Returns:
             ``logits`` [B, T, classes, H, W]; ``mask_feature`` [B, T, C, H/4, W/4] (after the
             mixer); ``audio_queries`` [B, T, Q, C] (F_a); ``queries`` [B, T, Q, C] (decoder output).
         """
         batch = frames.shape[0]
-        encoded = self.encode(frames, audio)
+        encoded = self.encode(frames, audio, frame_valid)
         tokens = encoded["tokens"]
         memory = tokens["tokens"]
         for layer in self.encoder:
@@ -80,8 +83,8 @@ class AVSegFormer(AVSModel):
         for layer in self.decoder:
             queries = layer(queries, memory)
         feature = self.mask_feature(level_map(memory, tokens["shapes"], 0), encoded["stride4"])
-        feature = self.mixer(feature, encoded["audio_token"])
-        logits = self.head(feature, queries)
+        feature = self.masked(self.mixer(feature, encoded["audio_token"]), encoded["flag"])
+        logits = self.masked(self.head(feature, queries), encoded["flag"])
         return {
             "logits": self.per_clip(logits, batch),
             "mask_feature": self.per_clip(feature, batch),

@@ -67,20 +67,38 @@ class AVSModel(nn.Module):
                 module.reset_parameters()
         nn.init.normal_(self.tokens.level_embed)
 
-    def encode(self, frames: Tensor, audio: Tensor) -> dict:
-        """Frames [B, T, 3, H, W] and log-mels [B, T, 1, 96, 64] -> encoder outputs per frame."""
+    def encode(self, frames: Tensor, audio: Tensor, frame_valid: Tensor | None = None) -> dict:
+        """Frames [B, T, 3, H, W] and log-mels [B, T, 1, 96, 64] -> encoder outputs per frame.
+
+        ``frame_valid`` [B, T] (AVSS padding is False) zeroes the padding frames' visual features,
+        as AVSegFormer does with its temporal flag.
+        """
         images = rearrange(frames, "b t c h w -> (b t) c h w")
         audio_feature = self.audio(rearrange(audio, "b t one m f -> (b t) one m f"))  # [N, C]
-        levels = self.input_proj(self.visual(images))  # 4 x [N, C, H/s, W/s]
+        flag = None if frame_valid is None else self.frame_flag(frame_valid)
+        levels = self.visual(images)
+        if flag is not None:
+            levels = [level * flag for level in levels]
+        levels = self.input_proj(levels)  # 4 x [N, C, H/s, W/s]
         audio_token = audio_feature[:, None]  # [N, 1, C]
         # F_a of the paper: generated audio queries plus learnable ones, added.
         audio_queries = self.query_generator(audio_token) + self.learnable_queries.weight
         return {
+            "flag": flag,
             "stride4": levels[0],
             "tokens": self.tokens(levels[1:]),
             "audio_token": audio_token,
             "audio_queries": audio_queries,  # [N, Q, C]
         }
+
+    @staticmethod
+    def frame_flag(frame_valid: Tensor) -> Tensor:
+        """[B, T] bool -> [B*T, 1, 1, 1] float, to multiply per-frame maps with."""
+        return rearrange(frame_valid.float(), "b t -> (b t) 1 1 1")
+
+    @staticmethod
+    def masked(tensor: Tensor, flag: Tensor | None) -> Tensor:
+        return tensor if flag is None else tensor * flag
 
     @staticmethod
     def per_clip(tensor: Tensor, batch: int) -> Tensor:
