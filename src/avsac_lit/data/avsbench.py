@@ -72,7 +72,6 @@ TASK_DIRS = {
 }
 METADATA_FILES = {"s4": "s4_meta_data.csv", "ms3": "ms3_meta_data.csv", "avss": "metadata.csv"}
 
-NUM_FRAMES = {"s4": 5, "ms3": 5, "avss": 10}
 AVSS_CLIP_FRAMES = {"v1s": 5, "v1m": 5, "v2": 10}
 
 
@@ -164,6 +163,13 @@ class AVSBenchDataset(Dataset):
                 f"{self.root / METADATA_FILES[self.task]} lists no clip with split={split!r}."
             )
         self._check_first_clip()
+
+    def _split_rows(self, *columns: str) -> tuple[Path, list[int], list[list[str]]]:
+        """(metadata path, indices of ``columns``, rows of this split)."""
+        path = self.root / METADATA_FILES[self.task]
+        header, rows = read_csv_rows(path)
+        indices = [column_index(header, name, path) for name in ("split", *columns)]
+        return path, indices[1:], [row for row in rows if row[indices[0]] == self.split]
 
     # Subclasses say where the files are.
     def _read_clips(self) -> list[Clip]:
@@ -280,13 +286,8 @@ class S4Dataset(_ObjectDataset):
     task = "s4"
 
     def _read_clips(self) -> list[Clip]:
-        path = self.root / METADATA_FILES["s4"]
-        header, rows = read_csv_rows(path)
-        split_column = column_index(header, "split", path)
         # The reference indexes name and category by position (0 and 2), whatever the header says.
-        return [
-            Clip(name=row[0], category=row[2]) for row in rows if row[split_column] == self.split
-        ]
+        return [Clip(name=row[0], category=row[2]) for row in self._split_rows()[2]]
 
     def _clip_dir(self, kind: str, clip: Clip) -> Path:
         return self.root / "s4_data" / kind / self.split / clip.category
@@ -313,10 +314,7 @@ class MS3Dataset(_ObjectDataset):
     task = "ms3"
 
     def _read_clips(self) -> list[Clip]:
-        path = self.root / METADATA_FILES["ms3"]
-        header, rows = read_csv_rows(path)
-        split_column = column_index(header, "split", path)
-        return [Clip(name=row[0]) for row in rows if row[split_column] == self.split]
+        return [Clip(name=row[0]) for row in self._split_rows()[2]]
 
     def frame_paths(self, clip: Clip) -> list[Path]:
         folder = self.root / "ms3_data" / "visual_frames" / clip.name
@@ -370,13 +368,9 @@ class AVSSDataset(AVSBenchDataset):
         return sorted(label_to_index, key=label_to_index.__getitem__)
 
     def _read_clips(self) -> list[Clip]:
-        path = self.root / METADATA_FILES["avss"]
-        header, rows = read_csv_rows(path)
-        uid, split, label = (column_index(header, name, path) for name in ("uid", "split", "label"))
+        path, (uid, label), rows = self._split_rows("uid", "label")
         clips = []
         for row in rows:
-            if row[split] != self.split:
-                continue
             if row[label] not in AVSS_CLIP_FRAMES:
                 raise ValueError(
                     f"{path}: clip {row[uid]} has label {row[label]!r}; expected one of "

@@ -27,7 +27,7 @@ import csv
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from avsac_lit.data.audio import SAMPLE_RATE, wav_to_examples, write_wav
-from avsac_lit.data.avsbench import TASKS
+from avsac_lit.data.avsbench import METADATA_FILES, TASKS
 from avsac_lit.data.io import save_log_mel_pickle, voc_palette
 from avsac_lit.metrics import AVSSFScore, AVSSMeanIoU, ProtocolFScore, ProtocolJaccard
 
@@ -136,7 +136,6 @@ class SynthClip:
     visible: list[int]
     audio: np.ndarray  # float [T * SAMPLE_RATE]
     label: str = ""  # AVSS: v1s, v1m or v2
-    extra: dict = field(default_factory=dict)
 
     @property
     def num_frames(self) -> int:
@@ -480,17 +479,13 @@ class _Writer:
             "ms3": ["name", "split"],
             "avss": ["vid", "uid", "s_min", "s_sec", "a_obj", "split", "label"],
         }
-        with (self.out / _metadata_name(self.task)).open("w", newline="") as handle:
+        with (self.out / METADATA_FILES[self.task]).open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(headers[self.task])
             writer.writerows(self.rows)
         if self.task == "avss":
             label_to_index = {"background": 1} | {c.name: i + 2 for i, c in enumerate(CATEGORIES)}
             (self.out / "label2idx.json").write_text(json.dumps(label_to_index, indent=2))
-
-
-def _metadata_name(task: str) -> str:
-    return {"s4": "s4_meta_data.csv", "ms3": "ms3_meta_data.csv", "avss": "metadata.csv"}[task]
 
 
 def _clip_plan(task: str, videos: int, seed: int) -> Iterator[tuple[int, str, str]]:
