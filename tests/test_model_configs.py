@@ -55,7 +55,7 @@ def test_override_names_reach_the_built_modules():
 
 
 def test_avsegformer_config_builds_the_baseline_with_its_loss():
-    cfg = compose_summary(["model=avsegformer", "backbone=tiny"])
+    cfg = compose_summary(["model=avsegformer", "backbone=tiny", "model.num_classes=1"])
     assert isinstance(instantiate(cfg.model.net), AVSegFormer)
     criterion = instantiate(cfg.model.loss)
     assert (criterion.seg, criterion.sync, criterion.mix_weight) == ("dice", "none", 0.1)

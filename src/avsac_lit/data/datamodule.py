@@ -9,7 +9,14 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
-from avsac_lit.data.avsbench import SPLITS, TASKS, AVSBenchDataset, build_dataset
+from avsac_lit.data.avsbench import (
+    SPLITS,
+    TASKS,
+    AVSBenchDataset,
+    build_dataset,
+    resolve_root,
+)
+from avsac_lit.data.conditions import AudioCondition, check_condition
 
 
 class AVSDataModule(L.LightningDataModule):
@@ -28,6 +35,9 @@ class AVSDataModule(L.LightningDataModule):
         audio_cache_dir: where log-mels computed from wavs are cached; ``None`` for the default.
         synthetic: if given, ``root`` is filled by the synthetic generator with these arguments
             (``videos``, ``seed``, ``size``) unless it already holds a tree made with them.
+        test_audio: the audio the test loader gives each clip: ``matched`` (the protocol),
+            ``shuffled`` or ``silent`` (see :mod:`avsac_lit.data.conditions`). An attribute, so a
+            script can test one model under several conditions.
     """
 
     def __init__(
@@ -42,6 +52,7 @@ class AVSDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         audio_cache_dir: str | Path | None = None,
         synthetic: dict[str, Any] | None = None,
+        test_audio: str = "matched",
     ) -> None:
         super().__init__()
         if task not in TASKS:
@@ -53,6 +64,7 @@ class AVSDataModule(L.LightningDataModule):
             if value < 1:
                 raise ValueError(f"data.{name} must be at least 1 clip, got {value}.")
         self.save_hyperparameters(logger=False)
+        self.test_audio = check_condition(test_audio)
         self.datasets: dict[str, AVSBenchDataset] = {}
 
     def prepare_data(self) -> None:
@@ -64,6 +76,12 @@ class AVSDataModule(L.LightningDataModule):
             generate(task=hp.task, out=hp.root, **hp.synthetic)
         for split in SPLITS:
             self._build(split).precompute_audio()
+
+    def check_root(self) -> None:
+        """Fail early, before any model is built, on a root that is not an AVSBench copy (a
+        synthetic root may not exist yet: ``prepare_data`` generates it)."""
+        if self.hparams.synthetic is None:
+            resolve_root(self.hparams.task, self.hparams.root)
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
@@ -78,9 +96,12 @@ class AVSDataModule(L.LightningDataModule):
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             self.setup(None)
+        dataset = self.datasets[split]
+        if split == "test" and self.test_audio != "matched":
+            dataset = AudioCondition(dataset, check_condition(self.test_audio))
         workers = self.hparams.num_workers
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=workers,
@@ -102,6 +123,15 @@ class AVSDataModule(L.LightningDataModule):
 
     @property
     def num_classes(self) -> int:
+        """1 for S4/MS3; for AVSS the classes of the root's label2idx.json (background included),
+        known for synthetic data before it is generated."""
+        hp = self.hparams
+        if hp.task != "avss":
+            return 1
+        if hp.synthetic is not None and not _has_synthetic_tree(hp.root, hp.task, hp.synthetic):
+            from avsac_lit.data.synthetic import CATEGORIES
+
+            return len(CATEGORIES) + 1
         if not self.datasets:
             self.setup(None)
         return next(iter(self.datasets.values())).num_classes

@@ -46,6 +46,16 @@ class VGGish(nn.Module):
             nn.ReLU(inplace=True),
         )
 
+    def reset_parameters(self) -> None:
+        """He initialisation, for a VGGish without its released weights: PyTorch's default
+        initialisation shrinks activations at every layer, so after nine ReLU layers the
+        embeddings of all clips are nearly equal (std over clips ~5% of their mean); He keeps
+        their scale (~25%) and a linear probe reads the sounding categories from either."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
     def forward(self, examples: Tensor) -> Tensor:
         x = self.features(examples)  # [N, 512, 6, 4]
         # The TF original flattens in NHWC order; the released weights expect that order.
@@ -72,6 +82,7 @@ class AudioEncoder(nn.Module):
         if weights is not None:
             load_matching(self.vggish, load_checkpoint_file(weights), source=str(weights))
         else:
+            self.vggish.reset_parameters()
             log.warning(
                 "VGGish is randomly initialised: no weights.audio given. Set weights.audio to "
                 "vggish-10086976.pth (torchvggish release) to reproduce the paper."
@@ -80,6 +91,7 @@ class AudioEncoder(nn.Module):
         self.freeze = freeze
         if freeze:
             self.vggish.requires_grad_(False)
+            self.vggish.eval()  # Lightning 2.2+ keeps each module's mode; train() may never come
 
     def train(self, mode: bool = True) -> AudioEncoder:
         super().train(mode)

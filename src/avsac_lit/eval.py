@@ -1,0 +1,84 @@
+"""Evaluate a checkpoint on the test split: ``python -m avsac_lit.eval +experiment=NAME
+ckpt_path=PATH``.
+
+The experiment (and any override that changed the model at training time) rebuilds the model; the
+checkpoint gives its weights. ``test_audio=[matched,shuffled,silent]`` also scores the model with
+another clip's audio and with silence. The metrics go to ``metrics.json`` in the run directory
+(``logs/eval/runs/<time>/``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from avsac_lit.data.conditions import check_condition
+from avsac_lit.train import report_listening, test_conditions
+from avsac_lit.utils import (
+    Stopwatch,
+    apply_extras,
+    build_module,
+    hydra_overrides,
+    instantiate_group,
+    log_hyperparameters,
+    save_resolved_config,
+    set_num_classes,
+    task_wrapper,
+    write_metrics,
+)
+
+log = logging.getLogger(__name__)
+
+
+@task_wrapper
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test ``ckpt_path`` under each ``test_audio`` condition; returns the metrics."""
+    clock = Stopwatch()
+    checkpoint = Path(cfg.ckpt_path)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={checkpoint} does not exist. Pass a checkpoint written by "
+            "avsac_lit.train, e.g. logs/train/runs/<time>/checkpoints/last.ckpt."
+        )
+    conditions = [check_condition(c) for c in cfg.get("test_audio") or ["matched"]]
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    set_num_classes(cfg, datamodule)
+    save_resolved_config(cfg)
+    module = build_module(cfg)
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers)
+    log_hyperparameters(cfg, module, trainer)
+
+    metrics = test_conditions(trainer, module, datamodule, conditions, str(checkpoint))
+    output_dir = Path(cfg.paths.output_dir)
+    write_metrics(
+        output_dir / "metrics.json",
+        metrics,
+        task_name=cfg.task_name,
+        task=cfg.data.task,
+        model=cfg.model.name,
+        backbone=cfg.backbone.name,
+        checkpoint=str(checkpoint.resolve()),
+        overrides=hydra_overrides(),
+        wall_time_s=clock.seconds,
+    )
+    if len(conditions) > 1:
+        report_listening(metrics, conditions, datamodule.hparams.root, output_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    apply_extras(cfg)
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""The system: an AVS model trained with its criterion and scored with the AVSBench protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torchmetrics import MaxMetric, MetricCollection
+
+from avsac_lit.metrics import (
+    AVSSFScore,
+    AVSSMeanIoU,
+    PooledFScore,
+    ProtocolFScore,
+    ProtocolJaccard,
+)
+from avsac_lit.models.losses import AVSCriterion
+
+MONITOR = "val/miou"  # checkpoint selection, as AVSegFormer: best validation mIoU
+
+
+def protocol_metrics(num_classes: int) -> MetricCollection:
+    """``miou`` and ``f`` as the protocol reports them; ``f_pooled`` (S4/MS3) is the
+    batch-independent F, logged as a sanity check (docs/metrics.md)."""
+    if num_classes == 1:
+        return MetricCollection(
+            {"miou": ProtocolJaccard(), "f": ProtocolFScore(), "f_pooled": PooledFScore()}
+        )
+    return MetricCollection(
+        {"miou": AVSSMeanIoU(num_classes=num_classes), "f": AVSSFScore(num_classes=num_classes)}
+    )
+
+
+class AVSLitModule(L.LightningModule):
+    """Trains an AVS model (AVSAC or AVSegFormer) and evaluates it with the AVSBench protocol.
+
+    Args:
+        net: the model; ``forward(frames, audio, frame_valid)`` returns at least ``logits``
+            [B, T, K, H, W].
+        criterion: the loss (:class:`AVSCriterion`), returning ``loss`` and its parts.
+        optimizer: a partial optimiser, called with the trainable parameters only, so frozen
+            encoders take no optimiser state.
+        scheduler: an optional partial LR scheduler, called with the optimiser.
+        scheduler_interval: ``epoch`` or ``step``: when the scheduler steps.
+        eval_padding_frames: AVSS: also score the padding frames of 5-frame clips (as all
+            background, with the zeroed logits the model gives them), as the reference does, so
+            numbers compare with published ones (docs/metrics.md, quirk 10).
+
+    Each stage has its own metrics, logged per epoch as ``{train,val,test}/{miou,f}`` (and
+    ``f_pooled`` for S4/MS3); loss parts are ``{stage}/loss``, ``{stage}/seg``, ``{stage}/sync``
+    (and ``mix`` for AVSegFormer). Training scores the annotated frames only, like the loss.
+    ``val/miou_best`` tracks the best validation mIoU. Testing with counterfactual audio (set
+    ``test_prefix`` to e.g. ``test_shuffled``) logs under that prefix instead of ``test``.
+    """
+
+    def __init__(
+        self,
+        *,
+        net: nn.Module,
+        criterion: AVSCriterion,
+        optimizer: Callable[[Iterable[Tensor]], Optimizer],
+        scheduler: Callable[[Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
+        scheduler_interval: str = "epoch",
+        eval_padding_frames: bool = True,
+    ) -> None:
+        super().__init__()
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(
+                f"model.scheduler_interval={scheduler_interval!r}; expected 'epoch' or 'step'."
+            )
+        # The run's config.yaml rebuilds the net, the loss and the optimiser; keeping them out of
+        # hparams keeps checkpoints loadable with torch.load(weights_only=True).
+        self.save_hyperparameters(
+            logger=False, ignore=["net", "criterion", "optimizer", "scheduler"]
+        )
+        self.net, self.criterion = net, criterion
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        num_classes = criterion.num_classes
+        # ModuleDict keys may not shadow Module attributes such as ``train``.
+        self.metrics = nn.ModuleDict(
+            {
+                f"{stage}_metrics": protocol_metrics(num_classes).clone(prefix=f"{stage}/")
+                for stage in ("train", "val", "test")
+            }
+        )
+        self.val_miou_best = MaxMetric()
+        self.test_prefix = "test"
+
+    def stage_metrics(self, stage: str) -> MetricCollection:
+        return self.metrics[f"{stage}_metrics"]
+
+    @property
+    def num_classes(self) -> int:
+        return self.criterion.num_classes
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The net's outputs for a data batch (see the model's ``forward``)."""
+        return self.net(batch["frames"], batch["audio"], batch["frame_valid"])
+
+    def model_step(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        outputs = self(batch)
+        return outputs, self.criterion(outputs, batch)
+
+    def scored_frames(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        """[B, T] bool: the frames a stage's metrics see."""
+        frames = batch["mask_valid"]
+        if stage != "train" and self.num_classes > 1 and self.hparams.eval_padding_frames:
+            frames = frames | ~batch["frame_valid"]
+        return frames
+
+    def update_metrics(self, stage: str, outputs: dict[str, Tensor], batch: dict) -> None:
+        frames = self.scored_frames(batch, stage)
+        logits = outputs["logits"][frames].detach()  # [n, K, H, W]
+        target = batch["masks"][frames]  # [n, H, W]
+        if self.num_classes == 1:
+            logits, target = logits[:, 0], target
+        self.stage_metrics(stage).update(logits.float(), target)
+
+    def log_losses(self, prefix: str, losses: dict[str, Tensor], batch_size: int) -> None:
+        on_step = prefix == "train"
+        for name, value in losses.items():
+            self.log(
+                f"{prefix}/{name}", value.detach(), on_step=on_step, on_epoch=not on_step,
+                prog_bar=name == "loss", batch_size=batch_size, sync_dist=not on_step,
+            )  # fmt: skip
+
+    def on_train_start(self) -> None:
+        # The sanity check's batches must not count towards the first epoch or the best score.
+        self.stage_metrics("val").reset()
+        self.val_miou_best.reset()
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        outputs, losses = self.model_step(batch)
+        self.log_losses("train", losses, batch_size=len(batch["frames"]))
+        if batch["mask_valid"].any():
+            self.update_metrics("train", outputs, batch)
+        return losses["loss"]
+
+    def on_train_epoch_end(self) -> None:
+        metrics = self.stage_metrics("train")
+        # A run resumed from an end-of-validation checkpoint closes that epoch without batches.
+        if any(metric.update_called for metric in metrics.values()):
+            self.log_dict(metrics.compute())
+        metrics.reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluation_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self.stage_metrics("val").compute()
+        self.stage_metrics("val").reset()
+        self.log_dict(scores, prog_bar=True)
+        if not self.trainer.sanity_checking:
+            self.val_miou_best(scores[MONITOR])
+            self.log("val/miou_best", self.val_miou_best.compute())
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluation_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        scores = self.stage_metrics("test").compute()
+        self.stage_metrics("test").reset()
+        self.log_dict({self.test_prefix + k.removeprefix("test"): v for k, v in scores.items()})
+
+    def evaluation_step(self, stage: str, batch: dict) -> None:
+        outputs, losses = self.model_step(batch)
+        prefix = self.test_prefix if stage == "test" else stage
+        self.log_losses(prefix, losses, batch_size=len(batch["frames"]))
+        self.update_metrics(stage, outputs, batch)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        """Per-pixel predictions [B, T, H, W]: sounding probability (S4/MS3) or class ids (AVSS)."""
+        logits = self(batch)["logits"]
+        if self.num_classes == 1:
+            return {"probabilities": logits[:, :, 0].sigmoid()}
+        return {"classes": logits.softmax(dim=2).argmax(dim=2)}
+
+    def configure_optimizers(self) -> dict:
+        trainable = [p for p in self.trainer.model.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("Nothing to train: every parameter of the model is frozen.")
+        optimizer = self.optimizer_factory(params=trainable)
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": self.scheduler_factory(optimizer=optimizer),
+                "interval": self.hparams.scheduler_interval,
+                "monitor": MONITOR,
+            },
+        }

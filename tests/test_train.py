@@ -1,0 +1,133 @@
+"""The training suite end to end: configs compose, runs train, test, resume and evaluate."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from avsac_lit.eval import evaluate
+from avsac_lit.module import MONITOR
+from avsac_lit.train import train
+from avsac_lit.utils import build_module
+from tests.helpers import EXPERIMENTS, compose_config, tiny_run
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment, tmp_path):
+    cfg = compose_config("train", [f"+experiment={experiment}"], tmp_path)
+    assert cfg.group == experiment
+    assert cfg.data.task == experiment.removeprefix("synthetic_")
+    assert cfg.callbacks.model_checkpoint.monitor == MONITOR
+    assert OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+
+@pytest.mark.parametrize(
+    ("experiment", "epochs", "img_size", "tokens"),
+    [("s4", 30, 512, 5376), ("ms3", 60, 512, 5376), ("avss", 30, 224, 1029)],
+)
+def test_paper_experiments_use_the_paper_settings(experiment, epochs, img_size, tokens, tmp_path):
+    cfg = compose_config("train", [f"+experiment={experiment}"], tmp_path)
+    assert cfg.trainer.max_epochs == epochs
+    assert cfg.data.img_size == img_size and cfg.data.train_batch_size == 4
+    assert sum((img_size // s) ** 2 for s in (8, 16, 32)) == tokens
+    assert cfg.model.optimizer._target_ == "torch.optim.AdamW" and cfg.model.optimizer.lr == 2e-5
+    assert cfg.model.bavd.num_layers == 6 and cfg.backbone.name == "pvt_v2_b5" and cfg.seed == 123
+
+
+def test_debug_config_appended_after_the_experiment_wins(tmp_path):
+    cfg = compose_config("train", ["+experiment=ms3", "+debug=fdr"], tmp_path)
+    assert cfg.trainer.fast_dev_run is True
+    assert cfg.logger is None and cfg.callbacks is None
+    assert cfg.data.num_workers == 0
+
+
+def test_missing_avsbench_stops_with_the_download_hint(tmp_path, monkeypatch):
+    monkeypatch.setenv("AVSAC_ROOT", str(tmp_path))
+    cfg = compose_config("train", ["+experiment=ms3", "+debug=fdr"], tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="OpenNLPLab/AVSBench"):
+        train(cfg)
+
+
+@pytest.mark.parametrize("task", ["s4", "ms3", "avss"])
+def test_fast_dev_run_trains_tests_and_writes_metrics(task, synth_trees, tmp_path):
+    cfg = tiny_run(task, synth_trees[task], tmp_path, ["+debug=fdr", "test_audio=[matched,silent]"])
+    metrics = train(cfg)
+    for stage in ("train", "val", "test", "test_silent"):
+        assert 0.0 <= metrics[f"{stage}/miou"] <= 1.0
+    assert "test/f_pooled" in metrics if task != "avss" else "test/f" in metrics
+    assert MONITOR in metrics and "train/loss" in metrics and "train/sync" in metrics
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["metrics"]["test/miou"] == pytest.approx(metrics["test/miou"])
+    assert record["task"] == task and record["model"] == "avsac"
+    config = OmegaConf.load(tmp_path / "config.yaml")
+    assert config.model.num_classes == (11 if task == "avss" else 1)
+    table = (tmp_path / "demo_results.md").read_text()
+    assert "| true audio |" in table and "| silence |" in table and "vision only" in table
+    assert "another clip" not in table
+
+
+def test_train_then_eval_gives_the_same_test_metrics(synth_trees, tmp_path):
+    run = tmp_path / "train"
+    limits = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "logger=csv"]
+    trained = train(tiny_run("ms3", synth_trees["ms3"], run, limits))
+    best = json.loads((run / "metrics.json").read_text())["best_checkpoint"]
+    assert Path(best).is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "csv" / "metrics.csv").is_file()
+
+    evaluated = evaluate(
+        tiny_run("ms3", synth_trees["ms3"], tmp_path / "eval", [f"ckpt_path={best}"], name="eval")
+    )
+    for name in ("test/miou", "test/f", "test/f_pooled"):
+        assert evaluated[name] == pytest.approx(trained[name], abs=1e-6)
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["checkpoint"] == str(
+        Path(best).resolve()
+    )
+
+
+def test_eval_refuses_a_missing_checkpoint(synth_trees, tmp_path):
+    cfg = tiny_run("ms3", synth_trees["ms3"], tmp_path, ["ckpt_path=nowhere.ckpt"], name="eval")
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.ckpt"):
+        evaluate(cfg)
+
+
+def test_resumed_run_continues_from_its_epoch(synth_trees, tmp_path):
+    limits = ["trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false"]
+    first = tmp_path / "first"
+    cfg = tiny_run("s4", synth_trees["s4"], first, [*limits, "trainer.max_epochs=1"])
+    train(cfg)
+    last = first / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["epoch"] == 0
+    # Optimiser state exists for the trainable parameters only: none for the frozen VGGish.
+    module = build_module(OmegaConf.load(first / "config.yaml"))
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    assert len(trainable) < len(list(module.parameters()))
+    assert len(checkpoint["optimizer_states"][0]["state"]) == len(trainable)
+
+    second = tmp_path / "second"
+    overrides = [*limits, "trainer.max_epochs=3", f"ckpt_path={last}", "logger=csv"]
+    train(tiny_run("s4", synth_trees["s4"], second, overrides))
+    assert json.loads((second / "metrics.json").read_text())["epochs_trained"] == 3
+    with (second / "csv" / "metrics.csv").open() as file:
+        epochs = {int(row["epoch"]) for row in csv.DictReader(file) if row["epoch"]}
+    assert epochs == {1, 2}  # epoch 0 came from the checkpoint and was not trained again
+
+
+def test_wandb_offline_run_writes_its_directory_and_finishes(synth_trees, tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cfg = tiny_run(
+        "ms3", synth_trees["ms3"], tmp_path,
+        ["logger=wandb", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"],
+    )  # fmt: skip
+    train(cfg)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+    assert wandb.run is None  # finished, so the next job of a multirun gets its own run
