@@ -3,7 +3,6 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DATA_DIR ?= data
 
 .DEFAULT_GOAL := help
 
@@ -18,9 +17,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## Create .venv and install the package (editable) with the dev extra
 
-demo: install ## Main job: generate SynthAVS-MS3 and check it through the loaders and the protocol's metrics
-	$(PY) -m avsac_lit.data.synthetic --task ms3 --out $(DATA_DIR)/synthavs-ms3
-	$(PY) -m avsac_lit.data.check --task ms3 --root $(DATA_DIR)/synthavs-ms3
+demo: install ## Main job: generate SynthAVS-MS3, train AVSAC on the CPU, test it with true, shuffled and silent audio
+	$(PY) -m avsac_lit.train +experiment=synthetic_ms3
 
 test: install ## Run the default test suite (no slow tests)
 	$(PY) -m pytest -m "not slow"

@@ -28,7 +28,7 @@ AUDIO_CONDITIONS = ("matched", "shuffled", "silent")
 def silent_example() -> torch.Tensor:
     """[1, 96, 64]: the VGGish log-mel example of one second of silence."""
     examples = waveform_to_examples(np.zeros(SAMPLE_RATE, dtype=np.float32), SAMPLE_RATE)
-    return torch.as_tensor(examples[:1], dtype=torch.float32)  # [1, 96, 64]
+    return torch.as_tensor(examples[0], dtype=torch.float32)  # [1, 96, 64]
 
 
 def check_condition(condition: str) -> str:

@@ -31,6 +31,7 @@ class AVSAC(AVSModel):
         num_queries: int = 300,
         generator_layers: int = 6,
         mlp_hidden: int = 2048,
+        mask_channels: tuple[int, int] = (128, 32),
     ) -> None:
         super().__init__(
             visual=visual,
@@ -40,6 +41,7 @@ class AVSAC(AVSModel):
             num_queries=num_queries,
             generator_layers=generator_layers,
             mlp_hidden=mlp_hidden,
+            mask_channels=mask_channels,
         )
         self.bavd = bavd
         self.reset_head_parameters()

@@ -40,6 +40,7 @@ class AVSegFormer(AVSModel):
         encoder_layers: int = 6,
         decoder_layers: int = 6,
         mlp_hidden: int = 2048,
+        mask_channels: tuple[int, int] = (128, 32),
         dropout: float = 0.1,
     ) -> None:
         super().__init__(
@@ -50,6 +51,7 @@ class AVSegFormer(AVSModel):
             num_queries=num_queries,
             generator_layers=generator_layers,
             mlp_hidden=mlp_hidden,
+            mask_channels=mask_channels,
         )
         self.encoder = nn.ModuleList(
             DeformableEncoderLayer(dim=dim, dropout=dropout) for _ in range(encoder_layers)

@@ -24,6 +24,7 @@ class AVSModel(nn.Module):
         num_queries: audio queries (300).
         generator_layers: layers of the audio query generator (6).
         mlp_hidden: hidden width of the prediction MLP (2048).
+        mask_channels: widths of the mask upsampling convs (128, 32).
     """
 
     def __init__(
@@ -36,6 +37,7 @@ class AVSModel(nn.Module):
         num_queries: int = 300,
         generator_layers: int = 6,
         mlp_hidden: int = 2048,
+        mask_channels: tuple[int, int] = (128, 32),
     ) -> None:
         super().__init__()
         self.visual, self.audio = visual, audio
@@ -48,7 +50,11 @@ class AVSModel(nn.Module):
         self.learnable_queries = nn.Embedding(num_queries, dim)
         self.mask_feature = MaskFeature(dim=dim)
         self.head = PredictionHead(
-            num_queries=num_queries, dim=dim, mlp_hidden=mlp_hidden, num_classes=num_classes
+            num_queries=num_queries,
+            dim=dim,
+            mlp_hidden=mlp_hidden,
+            num_classes=num_classes,
+            mask_channels=tuple(mask_channels),
         )
 
     def head_modules(self) -> list[nn.Module]:

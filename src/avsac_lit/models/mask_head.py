@@ -82,6 +82,9 @@ class PredictionHead(nn.Module):
         num_queries: queries whose products form the MLP's input channels (300).
         dim: feature width (256).
         mlp_hidden: hidden width of the 1x1-conv MLP (2048 in AVSegFormer).
+        mask_channels: widths of the two 3x3 convs that upsample to the mask (128 and 32 in
+            AVSegFormer); the second runs at full resolution, the costliest layer of a small
+            model.
         num_classes: output channels (1 for S4/MS3, 71 for AVSS).
     """
 
@@ -92,6 +95,7 @@ class PredictionHead(nn.Module):
         dim: int = 256,
         mlp_hidden: int = 2048,
         num_classes: int = 1,
+        mask_channels: tuple[int, int] = (128, 32),
     ) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
@@ -102,11 +106,11 @@ class PredictionHead(nn.Module):
             nn.Conv2d(mlp_hidden, dim, 1),
         )
         self.to_mask = nn.Sequential(
-            nn.Conv2d(dim, 128, 3, padding=1),
+            nn.Conv2d(dim, mask_channels[0], 3, padding=1),
             nn.Upsample(scale_factor=4, mode="bilinear", align_corners=False),
-            nn.Conv2d(128, 32, 3, padding=1),
+            nn.Conv2d(mask_channels[0], mask_channels[1], 3, padding=1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(32, num_classes, 1, bias=False),
+            nn.Conv2d(mask_channels[1], num_classes, 1, bias=False),
         )
 
     def forward(self, feature: Tensor, queries: Tensor) -> Tensor:

@@ -1,0 +1,62 @@
+"""AVSLitModule: what it optimises, how it scores, and that frozen encoders stay frozen."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from avsac_lit.models.avsac import AVSAC
+from avsac_lit.models.backbone import VisualBackbone
+from avsac_lit.models.bavd import BAVD
+from avsac_lit.models.losses import AVSCriterion
+from avsac_lit.models.vggish import AudioEncoder
+from avsac_lit.module import AVSLitModule
+
+
+def small_module(num_classes: int = 1, freeze_visual: bool = True) -> AVSLitModule:
+    net = AVSAC(
+        visual=VisualBackbone(name="avsac_tiny_pvt", freeze=freeze_visual),
+        audio=AudioEncoder(dim=32),
+        bavd=BAVD(num_layers=1, dim=32, heads=4, hidden_dim=64),
+        num_classes=num_classes, dim=32, num_queries=4, generator_layers=1, mlp_hidden=32,
+    )  # fmt: skip
+    return AVSLitModule(
+        net=net,
+        criterion=AVSCriterion(num_classes=num_classes),
+        optimizer=partial(torch.optim.AdamW, lr=1e-3),
+    )
+
+
+class _Trainer:
+    def __init__(self, model):
+        self.model = model
+
+
+def test_only_trainable_parameters_reach_the_optimiser():
+    module = small_module()
+    module.trainer = None
+    object.__setattr__(module, "_trainer", _Trainer(module))
+    optimizer = module.configure_optimizers()["optimizer"]
+    optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for name, parameter in module.named_parameters():
+        frozen = name.startswith(("net.visual.", "net.audio.vggish."))
+        assert (id(parameter) in optimised) != frozen, name
+
+
+def test_frozen_encoders_stay_in_eval_mode_in_train_mode():
+    module = small_module().train()
+    assert not module.net.audio.vggish.training and not module.net.visual.model.training
+    assert module.net.bavd.training and module.net.audio.proj.training
+
+
+def test_avss_scoring_adds_padding_frames_only_when_asked():
+    module = small_module(num_classes=3)
+    batch = {
+        "mask_valid": torch.tensor([[True, True, False, False]]),
+        "frame_valid": torch.tensor([[True, True, False, False]]),
+    }
+    assert module.scored_frames(batch, "val").tolist() == [[True, True, True, True]]
+    assert module.scored_frames(batch, "train").tolist() == [[True, True, False, False]]
+    module.hparams.eval_padding_frames = False
+    assert module.scored_frames(batch, "test").tolist() == [[True, True, False, False]]
