@@ -73,14 +73,22 @@ def test_fast_dev_run_trains_tests_and_writes_metrics(task, synth_trees, tmp_pat
 
 def test_train_then_eval_gives_the_same_test_metrics(synth_trees, tmp_path):
     run = tmp_path / "train"
-    limits = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "logger=csv"]
+    # The tree's own generator settings: the checkpoint then records a synthetic data config.
+    synthetic = "++data.synthetic={videos:8,seed:7,size:64}"
+    limits = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "logger=csv", synthetic]
     trained = train(tiny_run("ms3", synth_trees["ms3"], run, limits))
     best = json.loads((run / "metrics.json").read_text())["best_checkpoint"]
     assert Path(best).is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "csv" / "metrics.csv").is_file()
 
     evaluated = evaluate(
-        tiny_run("ms3", synth_trees["ms3"], tmp_path / "eval", [f"ckpt_path={best}"], name="eval")
+        tiny_run(
+            "ms3",
+            synth_trees["ms3"],
+            tmp_path / "eval",
+            [f"ckpt_path={best}", synthetic],
+            name="eval",
+        )
     )
     for name in ("test/miou", "test/f", "test/f_pooled"):
         assert evaluated[name] == pytest.approx(trained[name], abs=1e-6)

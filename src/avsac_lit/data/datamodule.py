@@ -63,6 +63,8 @@ class AVSDataModule(L.LightningDataModule):
         ):
             if value < 1:
                 raise ValueError(f"data.{name} must be at least 1 clip, got {value}.")
+        # Plain containers, so checkpoints (which keep these) load with weights_only=True.
+        root, synthetic = str(root), None if synthetic is None else dict(synthetic)
         self.save_hyperparameters(logger=False)
         self.test_audio = check_condition(test_audio)
         self.datasets: dict[str, AVSBenchDataset] = {}
