@@ -189,3 +189,22 @@ def test_query_generator_parameter_count_and_shapes():
     generator = AudioQueryGenerator()
     assert sum(p.numel() for p in generator.parameters()) == 6_385_152  # AVSegFormer's 6.39M
     assert generator(torch.randn(3, 1, 256)).shape == (3, 300, 256)
+
+
+def test_random_vggish_embeddings_differ_between_clips_and_normalize_standardises_them():
+    torch.manual_seed(0)
+    encoder = AudioEncoder(dim=8, normalize=True).train()
+    examples = torch.randn(16, 1, 96, 64)
+    with torch.no_grad():
+        embeddings = encoder.vggish(examples)  # He-initialised: varies from clip to clip
+        spread = embeddings.std(dim=0)[embeddings.std(dim=0) > 0]
+        assert (spread / embeddings.mean().clamp_min(1e-6)).mean() > 0.1
+        standardised = encoder.norm(embeddings)
+    live = embeddings.std(dim=0) > 0
+    assert torch.allclose(
+        standardised[:, live].mean(dim=0), torch.zeros(int(live.sum())), atol=1e-5
+    )
+    assert torch.allclose(
+        standardised[:, live].std(dim=0, unbiased=False), torch.ones(int(live.sum())), atol=1e-2
+    )
+    assert isinstance(AudioEncoder(dim=8).norm, torch.nn.Identity)  # the paper's encoder

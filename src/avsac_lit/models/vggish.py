@@ -72,10 +72,19 @@ class AudioEncoder(nn.Module):
             randomly initialised, with a warning, which is only sensible for tests and the synthetic
             demo.
         freeze: keep VGGish frozen (no gradients, eval mode, run under ``no_grad``), as the paper.
+        normalize: standardise each embedding dimension over the batch (a trainable BatchNorm)
+            before the projection. Off in the paper's configs; the synthetic experiments use it,
+            because a random VGGish's embeddings share a large common component that hides the
+            differences between clips from a plain linear layer.
     """
 
     def __init__(
-        self, *, dim: int = 256, weights: str | Path | None = None, freeze: bool = True
+        self,
+        *,
+        dim: int = 256,
+        weights: str | Path | None = None,
+        freeze: bool = True,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         self.vggish = VGGish()
@@ -87,6 +96,7 @@ class AudioEncoder(nn.Module):
                 "VGGish is randomly initialised: no weights.audio given. Set weights.audio to "
                 "vggish-10086976.pth (torchvggish release) to reproduce the paper."
             )
+        self.norm = nn.BatchNorm1d(128) if normalize else nn.Identity()
         self.proj = nn.Linear(128, dim)
         self.freeze = freeze
         if freeze:
@@ -103,4 +113,4 @@ class AudioEncoder(nn.Module):
         """Log-mel examples [N, 1, 96, 64] -> audio features [N, dim]."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
             embedding = self.vggish(audio)  # [N, 128]
-        return self.proj(embedding)
+        return self.proj(self.norm(embedding))
