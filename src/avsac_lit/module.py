@@ -116,7 +116,7 @@ class AVSLitModule(L.LightningModule):
         logits = outputs["logits"][frames].detach()  # [n, K, H, W]
         target = batch["masks"][frames]  # [n, H, W]
         if self.num_classes == 1:
-            logits, target = logits[:, 0], target
+            logits = logits[:, 0]
         self.stage_metrics(stage).update(logits.float(), target)
 
     def log_losses(self, prefix: str, losses: dict[str, Tensor], batch_size: int) -> None:
