@@ -13,24 +13,16 @@ import logging
 from pathlib import Path
 
 import hydra
-import lightning as L
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from avsac_lit.data.conditions import check_condition
-from avsac_lit.train import report_listening, test_conditions
-from avsac_lit.utils import (
-    Stopwatch,
-    apply_extras,
-    build_module,
-    hydra_overrides,
-    instantiate_group,
-    log_hyperparameters,
-    save_resolved_config,
-    set_num_classes,
-    task_wrapper,
-    write_metrics,
+from avsac_lit.train import (
+    audio_conditions,
+    build_run,
+    report_listening,
+    run_facts,
+    test_conditions,
 )
+from avsac_lit.utils import Stopwatch, apply_extras, task_wrapper, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -45,28 +37,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"ckpt_path={checkpoint} does not exist. Pass a checkpoint written by "
             "avsac_lit.train, e.g. logs/train/runs/<time>/checkpoints/last.ckpt."
         )
-    conditions = [check_condition(c) for c in cfg.get("test_audio") or ["matched"]]
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    set_num_classes(cfg, datamodule)
-    save_resolved_config(cfg)
-    module = build_module(cfg)
-    loggers = instantiate_group(cfg.get("logger"), "logger")
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers)
-    log_hyperparameters(cfg, module, trainer)
+    conditions = audio_conditions(cfg)
+    datamodule, module, trainer = build_run(cfg)
 
     metrics = test_conditions(trainer, module, datamodule, conditions, str(checkpoint))
     output_dir = Path(cfg.paths.output_dir)
     write_metrics(
         output_dir / "metrics.json",
         metrics,
-        task_name=cfg.task_name,
-        task=cfg.data.task,
-        model=cfg.model.name,
-        backbone=cfg.backbone.name,
+        **run_facts(cfg),
         checkpoint=str(checkpoint.resolve()),
-        overrides=hydra_overrides(),
         wall_time_s=clock.seconds,
     )
     if len(conditions) > 1:

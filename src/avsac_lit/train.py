@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.markdown import Markdown
 
+from avsac_lit.data import AVSDataModule
 from avsac_lit.data.conditions import check_condition
 from avsac_lit.listening import listening_table, metric_prefix, reference_scores
 from avsac_lit.module import AVSLitModule
@@ -51,23 +52,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (``train``), then test the best checkpoint (``test``) under each ``test_audio``
     condition. Returns the final metrics, also written to ``metrics.json``."""
     clock = Stopwatch()
-    conditions = [check_condition(c) for c in cfg.get("test_audio") or ["matched"]]
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-
-    log.info("Instantiating datamodule <%s> for %s", cfg.data._target_, cfg.data.task)
-    datamodule = instantiate(cfg.data)
-    set_num_classes(cfg, datamodule)
-    save_resolved_config(cfg)
-    module = build_module(cfg)
-    callbacks = instantiate_group(cfg.get("callbacks"), "callback")
-    loggers = instantiate_group(cfg.get("logger"), "logger")
-    if not loggers and any(isinstance(c, LearningRateMonitor) for c in callbacks):
-        log.warning("No logger: the learning-rate monitor is left out.")
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    log.info("Instantiating trainer <%s>", cfg.trainer._target_)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    log_hyperparameters(cfg, module, trainer)
+    conditions = audio_conditions(cfg)
+    datamodule, module, trainer = build_run(cfg, callbacks=cfg.get("callbacks"))
 
     if cfg.get("train"):
         if cfg.get("ckpt_path"):
@@ -86,12 +72,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     write_metrics(
         output_dir / "metrics.json",
         metrics,
-        task_name=cfg.task_name,
-        task=cfg.data.task,
-        model=cfg.model.name,
-        backbone=cfg.backbone.name,
-        seed=cfg.get("seed"),
-        overrides=hydra_overrides(),
+        **run_facts(cfg),
         best_checkpoint=best or None,
         epochs_trained=trainer.current_epoch,
         wall_time_s=clock.seconds,
@@ -99,6 +80,45 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test") and len(conditions) > 1:
         report_listening(metrics, conditions, datamodule.hparams.root, output_dir)
     return metrics
+
+
+def audio_conditions(cfg: DictConfig) -> list[str]:
+    return [check_condition(c) for c in cfg.get("test_audio") or ["matched"]]
+
+
+def build_run(
+    cfg: DictConfig, callbacks: DictConfig | None = None
+) -> tuple[AVSDataModule, AVSLitModule, L.Trainer]:
+    """Seed, then build the data, the module (with the data's number of classes), the loggers
+    and the trainer; save the resolved config and log it once. Shared by train and eval."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    log.info("Instantiating datamodule <%s> for %s", cfg.data._target_, cfg.data.task)
+    datamodule = instantiate(cfg.data)
+    set_num_classes(cfg, datamodule)
+    save_resolved_config(cfg)
+    module = build_module(cfg)
+    built_callbacks = instantiate_group(callbacks, "callback")
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    if not loggers and any(isinstance(c, LearningRateMonitor) for c in built_callbacks):
+        log.warning("No logger: the learning-rate monitor is left out.")
+        built_callbacks = [c for c in built_callbacks if not isinstance(c, LearningRateMonitor)]
+    log.info("Instantiating trainer <%s>", cfg.trainer._target_)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=built_callbacks, logger=loggers)
+    log_hyperparameters(cfg, module, trainer)
+    return datamodule, module, trainer
+
+
+def run_facts(cfg: DictConfig) -> dict:
+    """What metrics.json records about any run, besides its metrics."""
+    return {
+        "task_name": cfg.task_name,
+        "task": cfg.data.task,
+        "model": cfg.model.name,
+        "backbone": cfg.backbone.name,
+        "seed": cfg.get("seed"),
+        "overrides": hydra_overrides(),
+    }
 
 
 def test_conditions(
