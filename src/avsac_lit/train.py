@@ -20,6 +20,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
@@ -34,12 +35,14 @@ from avsac_lit.utils import (
     Stopwatch,
     apply_extras,
     build_module,
+    hardware,
     hydra_overrides,
     instantiate_group,
     log_hyperparameters,
     save_resolved_config,
     scalar_metrics,
     set_num_classes,
+    source_version,
     task_wrapper,
     write_metrics,
 )
@@ -118,6 +121,9 @@ def run_facts(cfg: DictConfig) -> dict:
         "backbone": cfg.backbone.name,
         "seed": cfg.get("seed"),
         "overrides": hydra_overrides(),
+        "commit": source_version(),
+        "hardware": hardware(),
+        "torch": torch.__version__,
     }
 
 

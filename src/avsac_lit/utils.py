@@ -6,6 +6,9 @@ import functools
 import json
 import logging
 import math
+import os
+import platform
+import subprocess
 import time
 import warnings
 from collections.abc import Callable
@@ -16,6 +19,7 @@ from typing import Any
 import lightning as L
 import rich.syntax
 import rich.tree
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
@@ -183,6 +187,45 @@ def hydra_overrides() -> list[str]:
     if HydraConfig.initialized():
         return list(HydraConfig.get().overrides.task)
     return []
+
+
+def source_version() -> str:
+    """The git commit of the code that ran, ``+dirty`` when the working tree had changes, or
+    ``unknown`` outside a git checkout."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")  # fmt: skip
+
+
+def hardware() -> str:
+    """One line on what the run ran on: the GPUs if any, else the CPU, with the core count."""
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        return f"{count} x {torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"CPU only: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 class Stopwatch:

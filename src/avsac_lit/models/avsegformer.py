@@ -25,6 +25,8 @@ class AVSegFormer(AVSModel):
     Args:
         encoder_layers: deformable encoder layers (6).
         decoder_layers: query decoder layers (6).
+        heads: attention heads of both (8).
+        hidden_dim: FFN width of both (2048).
         dropout: transformer dropout (0.1).
     """
 
@@ -39,6 +41,8 @@ class AVSegFormer(AVSModel):
         generator_layers: int = 6,
         encoder_layers: int = 6,
         decoder_layers: int = 6,
+        heads: int = 8,
+        hidden_dim: int = 2048,
         mlp_hidden: int = 2048,
         mask_channels: tuple[int, int] = (128, 32),
         dropout: float = 0.1,
@@ -54,10 +58,12 @@ class AVSegFormer(AVSModel):
             mask_channels=mask_channels,
         )
         self.encoder = nn.ModuleList(
-            DeformableEncoderLayer(dim=dim, dropout=dropout) for _ in range(encoder_layers)
+            DeformableEncoderLayer(dim=dim, heads=heads, hidden_dim=hidden_dim, dropout=dropout)
+            for _ in range(encoder_layers)
         )
         self.decoder = nn.ModuleList(
-            QueryDecoderLayer(dim=dim, dropout=dropout) for _ in range(decoder_layers)
+            QueryDecoderLayer(dim=dim, heads=heads, hidden_dim=hidden_dim, dropout=dropout)
+            for _ in range(decoder_layers)
         )
         self.mixer = CrossModalMixer(dim=dim)
         self.reset_head_parameters()
