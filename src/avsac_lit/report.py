@@ -1,0 +1,441 @@
+"""Tables from a multirun: ``python -m avsac_lit.report DIR [--metrics KEY ...]``.
+
+Reads what every run of a multirun leaves in its directory, with no logger needed: ``metrics.json``
+(the final metrics and the run's facts), ``config.yaml`` (the config as run) and
+``.hydra/overrides.yaml``. Writes beside them, in DIR:
+
+* ``report.md``: the table in the paper's layout (one row per setting, a column pair per task),
+  each measured value the mean ± sample standard deviation over the seeds, the paper's value beside
+  it where the row is a paper setting, the runs that failed or never ran, and the provenance
+  (commands, commits, hardware, wall time);
+* ``report.csv``: the same table, one column per number;
+* ``report_<metric>.png``: a bar chart per metric, with the seeds' spread as error bars and the
+  paper's values as markers.
+
+Rows are labelled by the recipe (``report.row`` in the config, set by ``experiments/setting/*.yaml``
+and the table recipes); a multirun without one gets labels from the overrides that vary across its
+runs. The paper's values come from the recipe's ``report.paper``. A row averages over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+# The paper's columns, in percent, and the suite's own when the runs have them.
+PAPER_METRICS = {"test/f": "F", "test/miou": "mIoU"}
+EXTRA_METRICS = {
+    "test_shuffled/miou": "mIoU, shuffled audio",
+    "test_silent/miou": "mIoU, silent audio",
+    "val/audio_share": "audio share",
+}
+PERCENT_SUFFIXES = ("/f", "/miou", "/f_pooled", "/miou_best")
+ERROR_LINE = re.compile(r"\b\w*(Error|Exception|Interrupt)\b.*")
+
+
+@dataclass
+class Run:
+    """One job of the multirun, finished or not."""
+
+    path: Path
+    overrides: list[str]
+    config: DictConfig | None
+    record: dict | None  # metrics.json
+    problem: str | None = None
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return (self.record or {}).get("metrics", {})
+
+    def select(self, key: str, default=None):
+        if self.config is None:
+            return default
+        try:
+            value = OmegaConf.select(self.config, key, default=default)
+        except Exception:  # an interpolation that only resolves inside Hydra
+            return default
+        return OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
+
+    @property
+    def column(self) -> str:
+        task = str((self.record or {}).get("task") or self.select("data.task", "?")).upper()
+        return f"SynthAVS-{task}" if self.select("data.synthetic") else task
+
+    @property
+    def task(self) -> str:
+        return str((self.record or {}).get("task") or self.select("data.task", "?"))
+
+
+@dataclass
+class Cell:
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+
+class ReportError(RuntimeError):
+    """A directory that cannot give a table."""
+
+
+def scale(metric: str) -> float:
+    return 100.0 if metric.endswith(PERCENT_SUFFIXES) else 1.0
+
+
+def label_of(metric: str) -> str:
+    return PAPER_METRICS.get(metric) or EXTRA_METRICS.get(metric) or metric
+
+
+def read_run(path: Path) -> Run:
+    overrides_file = path / ".hydra" / "overrides.yaml"
+    overrides = OmegaConf.load(overrides_file) if overrides_file.exists() else []
+    config = None
+    for name in ("config.yaml", ".hydra/config.yaml"):
+        if (path / name).exists():
+            config = OmegaConf.load(path / name)
+            break
+    record, problem = None, None
+    metrics_file = path / "metrics.json"
+    if metrics_file.exists():
+        try:
+            record = json.loads(metrics_file.read_text())
+        except json.JSONDecodeError as error:
+            problem = f"unreadable metrics.json ({error})"
+    else:
+        problem = "no metrics.json (failed or unfinished)" + last_error(path)
+    return Run(path=path, overrides=list(overrides or []), config=config, record=record,
+               problem=problem)  # fmt: skip
+
+
+def last_error(path: Path) -> str:
+    """The last exception line in the run's log files, to say why a run has no metrics."""
+    for log_file in sorted(path.glob("*.log")):
+        lines = [m.group(0) for m in map(ERROR_LINE.search, log_file.read_text().splitlines()) if m]
+        if lines:
+            return f": {lines[-1][:200]}"
+    return ""
+
+
+def natural_key(path: Path) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def find_runs(root: Path) -> list[Run]:
+    """Every job directory under ``root``: where Hydra wrote ``.hydra/`` or a run wrote metrics."""
+    paths = {p.parent for p in root.rglob(".hydra") if p.is_dir()}
+    paths |= {p.parent for p in root.rglob("metrics.json")}
+    return [read_run(p) for p in sorted(paths, key=natural_key)]
+
+
+def expected_jobs(root: Path) -> list[list[str]]:
+    """The jobs a multirun was asked for, from its ``multirun.yaml``: the sweep of
+    ``hydra.sweeper.params`` and the command line, combined as Hydra's basic sweeper does."""
+    multirun = root / "multirun.yaml"
+    if not multirun.exists():
+        return []
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = OmegaConf.load(multirun)
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    arguments = [f"{key}={value}" for key, value in params.items()]
+    arguments += list(OmegaConf.select(cfg, "hydra.overrides.task") or [])
+    parsed = OverridesParser.create().parse_overrides(arguments)
+    batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    return [job for batch in batches for job in batch]
+
+
+def check_runs(root: Path, runs: list[Run], metrics: Sequence[str]) -> list[str]:
+    """Mark finished runs that lack a wanted metric; return the jobs that never ran."""
+    for run in runs:
+        if run.problem is None:
+            absent = [m for m in metrics if m in PAPER_METRICS and m not in run.metrics]
+            if absent:
+                run.problem = f"metrics.json has no {', '.join(absent)}"
+    ran = [sorted(run.overrides) for run in runs]
+    return [" ".join(job) for job in expected_jobs(root) if sorted(job) not in ran]
+
+
+def override_values(run: Run) -> dict[str, str]:
+    return dict(o.split("=", 1) for o in run.overrides if "=" in o)
+
+
+def row_labels(runs: list[Run]) -> dict[Path, str]:
+    """``report.row`` where the recipe sets it; otherwise the overrides that vary between runs of
+    the same column, the seed left out (a row is what the seeds are averaged over)."""
+    values = {run.path: override_values(run) for run in runs}
+    keys = {key for v in values.values() for key in v if key.lstrip("+~") != "seed"}
+    varying = []
+    for key in sorted(keys):
+        per_column: dict[str, set] = {}
+        for run in runs:
+            per_column.setdefault(run.column, set()).add(values[run.path].get(key))
+        if any(len(seen) > 1 for seen in per_column.values()):
+            varying.append(key)
+    labels = {}
+    for run in runs:
+        row = run.select("report.row")
+        if row is None:
+            row = ", ".join(f"{k}={values[run.path].get(k, '-')}" for k in varying) or "all runs"
+        labels[run.path] = str(row)
+    return labels
+
+
+@dataclass
+class Table:
+    title: str
+    rows: list[str]
+    columns: list[tuple[str, str]]  # (column label, task)
+    metrics: list[str]
+    cells: dict[tuple[str, str, str], Cell]  # (row, column, metric)
+    paper: dict
+    seeds: dict[str, set]
+
+    def paper_value(self, row: str, task: str, metric: str) -> float | None:
+        if metric not in PAPER_METRICS:
+            return None
+        short = metric.split("/", 1)[1]
+        value = self.paper.get(row, {}).get(task, {}).get(short)
+        return None if value is None else float(value)
+
+    def has_paper(self, metric: str) -> bool:
+        return any(
+            self.paper_value(row, task, metric) is not None
+            for row in self.rows
+            for _, task in self.columns
+        )
+
+
+def build_table(runs: list[Run], metrics: Sequence[str]) -> Table:
+    finished = [run for run in runs if run.problem is None]
+    labels = row_labels(finished)
+    rows: list[str] = []
+    columns: list[tuple[str, str]] = []
+    cells: dict[tuple[str, str, str], Cell] = {}
+    seeds: dict[str, set] = {}
+    for run in finished:
+        row = labels[run.path]
+        if row not in rows:
+            rows.append(row)
+        if (run.column, run.task) not in columns:
+            columns.append((run.column, run.task))
+        seeds.setdefault(row, set()).add(run.select("seed", (run.record or {}).get("seed")))
+        for metric in metrics:
+            if metric in run.metrics:
+                cell = cells.setdefault((row, run.column, metric), Cell())
+                cell.values.append(run.metrics[metric] * scale(metric))
+    first = finished[0]
+    title = first.select("report.title") or first.select("group") or "Multirun"
+    paper = first.select("report.paper") or {}
+    return Table(title=str(title), rows=rows, columns=columns, metrics=list(metrics),
+                 cells=cells, paper=paper, seeds=seeds)  # fmt: skip
+
+
+def format_cell(cell: Cell | None, runs_per_row: int) -> str:
+    if cell is None or not cell.values:
+        return "–"
+    text = f"{cell.mean:.2f}" if cell.std is None else f"{cell.mean:.2f} ± {cell.std:.2f}"
+    if len(cell.values) != runs_per_row:
+        text += f" (n={len(cell.values)})"
+    return text
+
+
+def markdown_table(table: Table) -> str:
+    """The table with measured and paper values side by side."""
+    header = ["Setting"]
+    for column, task in table.columns:
+        for metric in table.metrics:
+            header.append(f"{column} {label_of(metric)}")
+            if table.has_paper(metric):
+                header.append(f"paper {task.upper()} {label_of(metric)}")
+    header.append("seeds")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table.rows:
+        seeds = sorted(s for s in table.seeds[row] if s is not None)
+        line = [row]
+        for column, task in table.columns:
+            for metric in table.metrics:
+                line.append(format_cell(table.cells.get((row, column, metric)), len(seeds)))
+                if table.has_paper(metric):
+                    value = table.paper_value(row, task, metric)
+                    line.append("–" if value is None else f"{value:.2f}")
+        line.append(", ".join(map(str, seeds)))
+        lines.append("| " + " | ".join(line) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(table: Table, path: Path) -> None:
+    header = ["setting"]
+    for column, task in table.columns:
+        for metric in table.metrics:
+            name = f"{column} {label_of(metric)}"
+            header += [f"{name} mean", f"{name} std", f"{name} n"]
+            if table.has_paper(metric):
+                header += [f"paper {task.upper()} {label_of(metric)}"]
+    header += ["seeds"]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for row in table.rows:
+            line: list = [row]
+            for column, task in table.columns:
+                for metric in table.metrics:
+                    cell = table.cells.get((row, column, metric))
+                    if cell is None:
+                        line += ["", "", 0]
+                    else:
+                        std = "" if cell.std is None else round(cell.std, 4)
+                        line += [round(cell.mean, 4), std, len(cell.values)]
+                    if table.has_paper(metric):
+                        value = table.paper_value(row, task, metric)
+                        line.append("" if value is None else value)
+            line.append(" ".join(str(s) for s in sorted(table.seeds[row]) if s is not None))
+            writer.writerow(line)
+
+
+def plot(table: Table, metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / max(len(table.columns), 1)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(table.rows) + 1.5), 4.0))
+    for index, (column, task) in enumerate(table.columns):
+        cells = [table.cells.get((row, column, metric)) for row in table.rows]
+        x = [i + (index - (len(table.columns) - 1) / 2) * width for i in range(len(table.rows))]
+        means = [c.mean if c else math.nan for c in cells]
+        errors = [(c.std or 0.0) if c else 0.0 for c in cells]
+        ax.bar(x, means, width, yerr=errors, capsize=4, label=f"{column} (mean ± std)")
+        paper = [table.paper_value(row, task, metric) for row in table.rows]
+        if any(v is not None for v in paper):
+            ax.scatter(x, [math.nan if v is None else v for v in paper], marker="D",
+                       facecolors="none", edgecolors="black", zorder=3,
+                       label=f"paper, AVSBench {task.upper()}")  # fmt: skip
+    ax.set_xticks(range(len(table.rows)), table.rows, rotation=15, ha="right")
+    ax.set_ylabel(label_of(metric) + (" (%)" if scale(metric) == 100.0 else ""))
+    ax.set_title(f"{table.title}: {label_of(metric)}", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def provenance(root: Path, runs: list[Run]) -> list[str]:
+    """Where the numbers come from: the command, the code, the machine, the time spent."""
+    lines = []
+    multirun = root / "multirun.yaml"
+    if multirun.exists():
+        task = OmegaConf.select(OmegaConf.load(multirun), "hydra.overrides.task") or []
+        lines.append(f"- Command: `python -m avsac_lit.train -m {' '.join(task)}`")
+    records = [run.record for run in runs if run.record]
+    for key, name in (("commit", "Commit"), ("hardware", "Hardware"), ("torch", "torch")):
+        seen = sorted({str(r.get(key)) for r in records if r.get(key)})
+        if seen:
+            lines.append(f"- {name}: {', '.join(f'`{s}`' for s in seen)}")
+    walls = [r["wall_time_s"] for r in records if isinstance(r.get("wall_time_s"), int | float)]
+    if walls:
+        total = sum(walls)
+        lines.append(
+            f"- Wall time: {total / 60:.1f} min over {len(walls)} runs "
+            f"({statistics.fmean(walls):.0f} s per run, one after another)"
+        )
+    return lines
+
+
+def report(root: Path, metrics: Sequence[str] | None = None) -> dict[str, Path]:
+    """Write the report files into ``root``; returns them by kind. Raises :class:`ReportError`
+    when there is no finished run to tabulate."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ReportError(f"{root}: not a directory. Pass a multirun directory, e.g. "
+                          "logs/train/multiruns/<date>_<time>.")  # fmt: skip
+    runs = find_runs(root)
+    wanted = list(metrics or PAPER_METRICS)
+    missing = check_runs(root, runs, wanted)
+    finished = [run for run in runs if run.problem is None]
+    if not finished:
+        problems = "".join(f"\n  {run.path}: {run.problem}" for run in runs)
+        raise ReportError(
+            f"{root}: no finished runs to report (a finished run has a metrics.json with "
+            f"{', '.join(PAPER_METRICS)}). Found {len(runs)} run directories{problems or '.'}"
+            + (f"\n  {len(missing)} jobs never started." if missing else "")
+            + "\nPass the directory of a multirun whose jobs finished (logs/train/multiruns/...)."
+        )
+    if metrics is None:
+        wanted += [m for m in EXTRA_METRICS if all(m in run.metrics for run in finished)]
+    table = build_table(runs, wanted)
+
+    failed = [run for run in runs if run.problem is not None]
+    text = [f"# {table.title}", ""]
+    text += [
+        f"Measured: mean ± sample standard deviation over seeds, in percent for F and mIoU "
+        f"({len(finished)} finished runs under `{root.name}/`).",
+        "",
+        markdown_table(table),
+        "",
+    ]
+    if any(table.has_paper(m) for m in wanted):
+        text.append("Paper values: AVSBench with the paper's backbone, from the table named above.")
+        if any(column.startswith("SynthAVS") for column, _ in table.columns):
+            text.append(
+                "The measured values are on synthetic data: compare orderings, not magnitudes."
+            )
+        text.append("")
+    if failed or missing:
+        text += ["## Runs without results", ""]
+        text += [f"- `{run.path.relative_to(root)}`: {run.problem}" for run in failed]
+        text += [f"- never started: `{job}`" for job in missing]
+        text.append("")
+    text += ["## Provenance", "", *provenance(root, runs), ""]
+
+    files = {"markdown": root / "report.md", "csv": root / "report.csv"}
+    files["markdown"].write_text("\n".join(text))
+    write_csv(table, files["csv"])
+    for metric in wanted:
+        if any(key[2] == metric for key in table.cells):
+            files[metric] = root / f"report_{metric.replace('/', '_')}.png"
+            plot(table, metric, files[metric])
+    return files
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m avsac_lit.report",
+        description="Tabulate a multirun (mean ± std over seeds, the paper's values beside).",
+    )
+    parser.add_argument("directory", type=Path, help="a multirun directory")
+    parser.add_argument(
+        "--metrics", nargs="+", metavar="KEY",
+        help="metrics.json keys to tabulate (default: test/f test/miou, and the suite's "
+        "counterfactual and audio-share metrics when every run has them)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        files = report(args.directory, args.metrics)
+    except ReportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(files["markdown"].read_text())
+    print("Written: " + ", ".join(str(p) for p in files.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""The paper-table recipes and ``avsac_lit.report``: a tiny real multirun, then its tables."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+from avsac_lit.report import ReportError, main, report
+from avsac_lit.searchpath import EXPERIMENTS_DIR
+from tests.helpers import TINY_RUN, compose_config
+
+TABLES = sorted(p.stem for p in (EXPERIMENTS_DIR / "table").glob("*.yaml"))
+
+
+def recipe_sweep(table: str) -> dict:
+    """A recipe's ``hydra.sweeper.params``, a twin's merged over its paper recipe's."""
+    raw = OmegaConf.load(EXPERIMENTS_DIR / "table" / f"{table}.yaml")
+    sweep = dict(raw.hydra.sweeper.params)
+    parent = raw.defaults[0]
+    if isinstance(parent, str) and parent.startswith("table"):
+        inherited = OmegaConf.load(EXPERIMENTS_DIR / "table" / f"{parent}.yaml")
+        sweep = {**inherited.hydra.sweeper.params, **sweep}
+    return sweep
+
+
+def sweep_points(table: str) -> list[list[str]]:
+    """Every point of a recipe's sweep but the seed (which changes no structure)."""
+    axes = [
+        [f"{key}={value.strip()}" for value in str(values).split(",")]
+        for key, values in recipe_sweep(table).items()
+        if key != "seed"
+    ]
+    return [list(point) for point in itertools.product(*axes)]
+
+
+def test_there_is_a_recipe_and_a_synthetic_twin_per_paper_table():
+    assert sorted(f"{p}table{n}" for p in ("", "synthetic_") for n in range(1, 6)) == TABLES
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_every_point_of_a_recipe_composes_with_a_row_its_group_and_tags(table):
+    assert len(str(recipe_sweep(table)["seed"]).split(",")) >= 3, "a seeds axis of >= 3 seeds"
+    points = sweep_points(table)
+    rows, tasks = set(), set()
+    for point in points:
+        cfg = compose_config("train", [f"+table={table}", *point])
+        assert cfg.group == table  # the W&B group: one per table
+        tags = OmegaConf.to_container(cfg.tags, resolve=True)
+        assert table in tags and cfg.data.task in tags
+        rows.add(cfg.report.row)
+        tasks.add(cfg.data.task)
+        if table != "synthetic_table1":  # the twin's tiny backbone is no paper row
+            assert cfg.report.row in cfg.report.paper, f"{table} {point}: no paper row"
+            assert cfg.data.task in cfg.report.paper[cfg.report.row]
+    # The tasks are the table's column groups; everything else swept is a row of its own.
+    assert len(rows) * len(tasks) == len(points)
+
+
+def test_a_synthetic_baseline_is_sized_like_the_synthetic_avsac():
+    cfg = compose_config("train", ["+table=synthetic_table2", "setting=avsegformer_small"])
+    assert cfg.model.name == "avsegformer"
+    net = cfg.model.net
+    assert (net.encoder_layers, net.decoder_layers) == (2, 2) == (cfg.model.bavd.num_layers,) * 2
+    assert (net.heads, net.hidden_dim) == (cfg.model.bavd.heads, cfg.model.bavd.hidden_dim)
+
+
+def test_table1_gives_each_backbone_its_own_weights_file():
+    for backbone in ("resnet50", "pvt_v2_b5"):
+        cfg = compose_config(
+            "train",
+            ["+table=table1", f"backbone={backbone}", "weights.resnet50=/w/r50.pth",
+             "weights.pvt_v2_b5=/w/pvt.pth"],
+        )  # fmt: skip
+        expected = {"resnet50": "/w/r50.pth", "pvt_v2_b5": "/w/pvt.pth"}[backbone]
+        assert cfg.backbone.weights == expected
+
+
+# -- a real multirun ------------------------------------------------------------------------------
+
+
+def run_multirun(root: Path, sweep_dir: Path, extra: list[str]) -> subprocess.CompletedProcess:
+    tiny = [o for o in TINY_RUN if not o.startswith("~")]  # +debug has no callbacks or logger
+    command = [
+        sys.executable, "-m", "avsac_lit.train", "-m", "+table=synthetic_table2",
+        f"data.root={root}", *tiny, "+debug=fdr",
+        f"hydra.sweep.dir={sweep_dir}", *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "AVSAC_ROOT": str(sweep_dir.parent)}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def tiny_multirun(synth_trees, tmp_path_factory) -> Path:
+    """2 settings x 2 seeds of Table 2's twin with fast_dev_run, plus one job that fails."""
+    sweep_dir = tmp_path_factory.mktemp("multirun") / "table2"
+    result = run_multirun(
+        synth_trees["ms3"], sweep_dir,
+        ["setting=bavd,avsac", "seed=1,2", "model.bavd.bridge=bidirectional,sideways"],
+    )  # fmt: skip
+    # Hydra runs every job, then fails the multirun for the jobs that raised.
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "sideways" in result.stderr
+    return sweep_dir
+
+
+def test_a_multirun_writes_one_run_directory_per_point(tiny_multirun):
+    runs = sorted(p for p in tiny_multirun.iterdir() if p.is_dir())
+    assert [p.name for p in runs] == [str(i) for i in range(8)]
+    finished = [p for p in runs if (p / "metrics.json").exists()]
+    assert len(finished) == 4
+    points = {
+        tuple(sorted(o for o in OmegaConf.load(p / ".hydra" / "overrides.yaml") if "=" in o))
+        for p in finished
+    }
+    assert len(points) == 4  # four distinct points, none run twice
+    record = json.loads((finished[0] / "metrics.json").read_text())
+    assert record["commit"] and record["hardware"].startswith(("CPU", "1 x", "2 x"))
+
+
+def test_the_report_has_one_row_per_setting_and_lists_the_failed_runs(tiny_multirun, tmp_path):
+    directory = tmp_path / "table2"
+    shutil.copytree(tiny_multirun, directory)
+    files = report(directory)
+    with files["csv"].open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["setting"] for row in rows] == ["BAVD only (no AVFS)", "AVSAC (ours)"]
+    for row in rows:
+        assert row["seeds"] == "1 2"
+        assert row["MS3 mIoU n"] == "2"  # a given tree (data.synthetic=null) is labelled by task
+    ours = rows[1]
+    assert float(ours["paper MS3 mIoU"]) == pytest.approx(64.15)
+    assert float(ours["paper MS3 F"]) == pytest.approx(76.60)
+    measured = json.loads((directory / "0" / "metrics.json").read_text())["metrics"]
+    assert 0.0 <= measured["test/miou"] <= 1.0
+
+    text = files["markdown"].read_text()
+    assert "| BAVD only (no AVFS) |" in text and "| AVSAC (ours) |" in text
+    failed = text.split("## Runs without results", 1)[1].split("## Provenance", 1)[0]
+    assert failed.count("no metrics.json") == 4
+    assert "sideways" in failed  # the error that stopped them, from the run's log
+    assert "Command: `python -m avsac_lit.train -m +table=synthetic_table2" in text
+    for metric in ("test/f", "test/miou"):
+        with Image.open(files[metric]) as image:
+            assert image.format == "PNG" and image.width > 300
+
+
+def test_the_report_lists_jobs_that_never_started(tiny_multirun, tmp_path):
+    directory = tmp_path / "table2"
+    shutil.copytree(tiny_multirun, directory)
+    shutil.rmtree(directory / "1")
+    overrides = " ".join(OmegaConf.load(tiny_multirun / "1" / ".hydra" / "overrides.yaml"))
+    text = report(directory)["markdown"].read_text()
+    assert f"never started: `{overrides}`" in text
+
+
+def test_a_report_of_means_and_stds_matches_a_hand_computation(tmp_path):
+    # Two seeds of one setting with known metrics: mean and sample std by hand.
+    for index, (seed, miou) in enumerate(((1, 0.60), (2, 0.70))):
+        run = tmp_path / str(index)
+        (run / ".hydra").mkdir(parents=True)
+        OmegaConf.save(
+            OmegaConf.create([f"seed={seed}", "model=avsac"]), run / ".hydra/overrides.yaml"
+        )
+        OmegaConf.save(OmegaConf.create({"seed": seed, "data": {"task": "s4", "synthetic": None}}),
+                       run / "config.yaml")  # fmt: skip
+        record = {"metrics": {"test/miou": miou, "test/f": 0.8}, "task": "s4", "seed": seed}
+        (run / "metrics.json").write_text(json.dumps(record))
+    text = report(tmp_path)["markdown"].read_text()
+    # mean 65.00, sample std sqrt(((60-65)^2 + (70-65)^2) / 1) = 7.07
+    assert "| all runs | 80.00 ± 0.00 | 65.00 ± 7.07 | 1, 2 |" in text
+
+
+def test_a_directory_without_finished_runs_is_refused(tiny_multirun, tmp_path, capsys):
+    with pytest.raises(ReportError, match="no finished runs"):
+        report(tmp_path)
+    only_failed = tmp_path / "failed"
+    only_failed.mkdir()
+    shutil.copytree(tiny_multirun / "1", only_failed / "1")
+    with pytest.raises(ReportError, match=r"no finished runs(.|\n)*sideways"):
+        report(only_failed)
+    assert main([str(tmp_path / "nowhere")]) == 2
+    assert "not a directory" in capsys.readouterr().err
