@@ -15,6 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from avsac_lit.listening import reference_scores
 from avsac_lit.report import ReportError, main, report
 from avsac_lit.searchpath import EXPERIMENTS_DIR
 from tests.helpers import TINY_RUN, compose_config
@@ -127,14 +128,19 @@ def test_a_multirun_writes_one_run_directory_per_point(tiny_multirun):
     assert record["commit"] and record["hardware"].startswith(("CPU", "1 x", "2 x"))
 
 
-def test_the_report_has_one_row_per_setting_and_lists_the_failed_runs(tiny_multirun, tmp_path):
+def test_the_report_has_one_row_per_setting_and_lists_the_failed_runs(
+    tiny_multirun, synth_trees, tmp_path
+):
     directory = tmp_path / "table2"
     shutil.copytree(tiny_multirun, directory)
     files = report(directory)
     with files["csv"].open() as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["setting"] for row in rows] == ["BAVD only (no AVFS)", "AVSAC (ours)"]
-    for row in rows:
+    reference = "reference: every visible object (no audio)"
+    assert [row["setting"] for row in rows] == ["BAVD only (no AVFS)", "AVSAC (ours)", reference]
+    vision_only = reference_scores(synth_trees["ms3"])["vision_only"]
+    assert float(rows[2]["MS3 mIoU mean"]) == pytest.approx(100 * vision_only["miou"], abs=1e-4)
+    for row in rows[:2]:
         assert row["seeds"] == "1 2"
         assert row["MS3 mIoU n"] == "2"  # a given tree (data.synthetic=null) is labelled by task
     ours = rows[1]

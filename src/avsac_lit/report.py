@@ -32,6 +32,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from avsac_lit.listening import reference_scores
+
 # The paper's columns, in percent, and the suite's own when the runs have them.
 PAPER_METRICS = {"test/f": "F", "test/miou": "mIoU"}
 EXTRA_METRICS = {
@@ -205,6 +207,7 @@ class Table:
     cells: dict[tuple[str, str, str], Cell]  # (row, column, metric)
     paper: dict
     seeds: dict[str, set]
+    references: list[str] = field(default_factory=list)  # rows that are no runs
 
     def paper_value(self, row: str, task: str, metric: str) -> float | None:
         if metric not in PAPER_METRICS:
@@ -242,8 +245,33 @@ def build_table(runs: list[Run], metrics: Sequence[str]) -> Table:
     first = finished[0]
     title = first.select("report.title") or first.select("group") or "Multirun"
     paper = first.select("report.paper") or {}
-    return Table(title=str(title), rows=rows, columns=columns, metrics=list(metrics),
-                 cells=cells, paper=paper, seeds=seeds)  # fmt: skip
+    table = Table(title=str(title), rows=rows, columns=columns, metrics=list(metrics),
+                  cells=cells, paper=paper, seeds=seeds)  # fmt: skip
+    add_vision_only_reference(table, finished)
+    return table
+
+
+def add_vision_only_reference(table: Table, runs: list[Run]) -> None:
+    """On synthetic data, the generator's score for segmenting every visible object (what a model
+    that does not listen can reach) as a row of its own, from the data's manifest."""
+    roots = {}
+    for run in runs:
+        root = run.select("data.root")
+        if root is not None:
+            roots.setdefault(run.column, Path(str(root)))
+    row = "reference: every visible object (no audio)"
+    for column, root in roots.items():
+        vision_only = reference_scores(root).get("vision_only")
+        if not vision_only:
+            continue
+        for metric, key in (("test/f", "fscore"), ("test/miou", "miou")):
+            if metric in table.metrics and key in vision_only:
+                cell = Cell([vision_only[key] * scale(metric)])
+                table.cells[(row, column, metric)] = cell
+        if row not in table.rows:
+            table.rows.append(row)
+            table.references.append(row)
+            table.seeds[row] = set()
 
 
 def format_cell(cell: Cell | None, runs_per_row: int) -> str:
@@ -267,10 +295,11 @@ def markdown_table(table: Table) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.rows:
         seeds = sorted(s for s in table.seeds[row] if s is not None)
+        expected = 1 if row in table.references else len(seeds)
         line = [row]
         for column, task in table.columns:
             for metric in table.metrics:
-                line.append(format_cell(table.cells.get((row, column, metric)), len(seeds)))
+                line.append(format_cell(table.cells.get((row, column, metric)), expected))
                 if table.has_paper(metric):
                     value = table.paper_value(row, task, metric)
                     line.append("–" if value is None else f"{value:.2f}")
@@ -314,23 +343,29 @@ def plot(table: Table, metric: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [row for row in table.rows if row not in table.references]
     width = 0.8 / max(len(table.columns), 1)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(table.rows) + 1.5), 4.0))
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.6 * len(rows) + 1.5), 4.8))
     for index, (column, task) in enumerate(table.columns):
-        cells = [table.cells.get((row, column, metric)) for row in table.rows]
-        x = [i + (index - (len(table.columns) - 1) / 2) * width for i in range(len(table.rows))]
+        cells = [table.cells.get((row, column, metric)) for row in rows]
+        x = [i + (index - (len(table.columns) - 1) / 2) * width for i in range(len(rows))]
         means = [c.mean if c else math.nan for c in cells]
         errors = [(c.std or 0.0) if c else 0.0 for c in cells]
-        ax.bar(x, means, width, yerr=errors, capsize=4, label=f"{column} (mean ± std)")
-        paper = [table.paper_value(row, task, metric) for row in table.rows]
+        bars = ax.bar(x, means, width, yerr=errors, capsize=4, label=f"{column} (mean ± std)")
+        for reference in table.references:
+            cell = table.cells.get((reference, column, metric))
+            if cell is not None:
+                ax.axhline(cell.mean, linestyle="--", color=bars.patches[0].get_facecolor(),
+                           label=f"{column}: {reference}")  # fmt: skip
+        paper = [table.paper_value(row, task, metric) for row in rows]
         if any(v is not None for v in paper):
             ax.scatter(x, [math.nan if v is None else v for v in paper], marker="D",
                        facecolors="none", edgecolors="black", zorder=3,
                        label=f"paper, AVSBench {task.upper()}")  # fmt: skip
-    ax.set_xticks(range(len(table.rows)), table.rows, rotation=15, ha="right")
+    ax.set_xticks(range(len(rows)), rows, rotation=15, ha="right")
     ax.set_ylabel(label_of(metric) + (" (%)" if scale(metric) == 100.0 else ""))
     ax.set_title(f"{table.title}: {label_of(metric)}", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
