@@ -37,6 +37,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"ckpt_path={checkpoint} does not exist. Pass a checkpoint written by "
             "avsac_lit.train, e.g. logs/train/runs/<time>/checkpoints/last.ckpt."
         )
+    facts = run_facts(cfg)
     conditions = audio_conditions(cfg)
     datamodule, module, trainer = build_run(cfg)
 
@@ -45,7 +46,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     write_metrics(
         output_dir / "metrics.json",
         metrics,
-        **run_facts(cfg),
+        **facts,
         checkpoint=str(checkpoint.resolve()),
         wall_time_s=clock.seconds,
     )

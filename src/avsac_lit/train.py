@@ -55,6 +55,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (``train``), then test the best checkpoint (``test``) under each ``test_audio``
     condition. Returns the final metrics, also written to ``metrics.json``."""
     clock = Stopwatch()
+    facts = run_facts(cfg)  # before the run: the code version is the one that runs
     conditions = audio_conditions(cfg)
     datamodule, module, trainer = build_run(cfg, callbacks=cfg.get("callbacks"))
 
@@ -75,7 +76,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     write_metrics(
         output_dir / "metrics.json",
         metrics,
-        **run_facts(cfg),
+        **facts,
         best_checkpoint=best or None,
         epochs_trained=trainer.current_epoch,
         wall_time_s=clock.seconds,
@@ -113,7 +114,7 @@ def build_run(
 
 
 def run_facts(cfg: DictConfig) -> dict:
-    """What metrics.json records about any run, besides its metrics."""
+    """What metrics.json records about any run, besides its metrics. Taken when the run starts."""
     return {
         "task_name": cfg.task_name,
         "task": cfg.data.task,

@@ -189,9 +189,11 @@ def hydra_overrides() -> list[str]:
     return []
 
 
+@functools.cache
 def source_version() -> str:
-    """The git commit of the code that ran, ``+dirty`` when the working tree had changes, or
-    ``unknown`` outside a git checkout."""
+    """The git commit of the code that runs, ``+dirty`` when the working tree had changes, or
+    ``unknown`` outside a git checkout. Read once per process: the jobs of a multirun that share
+    a process run the code it imported, whatever happens to the checkout meanwhile."""
     repo = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(
