@@ -352,6 +352,10 @@ def plot(table: Table, metric: str, path: Path) -> None:
         means = [c.mean if c else math.nan for c in cells]
         errors = [(c.std or 0.0) if c else 0.0 for c in cells]
         bars = ax.bar(x, means, width, yerr=errors, capsize=4, label=f"{column} (mean ± std)")
+        seeds_x = [xi for xi, c in zip(x, cells, strict=True) if c for _ in c.values]
+        seeds_y = [v for c in cells if c for v in c.values]
+        ax.scatter(seeds_x, seeds_y, s=9, color="black", alpha=0.6, zorder=4,
+                   label="one seed" if index == 0 else None)  # fmt: skip
         for reference in table.references:
             cell = table.cells.get((reference, column, metric))
             if cell is not None:
