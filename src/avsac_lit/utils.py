@@ -195,24 +195,18 @@ def source_version() -> str:
     ``unknown`` outside a git checkout. Read once per process: the jobs of a multirun that share
     a process run the code it imported, whatever happens to the checkout meanwhile."""
     repo = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str:
+        command = ["git", "-C", str(repo), *args]
+        result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=10)
+        return result.stdout.strip()
+
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return commit + ("+dirty" if dirty else "")  # fmt: skip
+    return commit + ("+dirty" if dirty else "")
 
 
 def hardware() -> str:
