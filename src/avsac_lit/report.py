@@ -69,13 +69,13 @@ class Run:
         return OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
 
     @property
-    def column(self) -> str:
-        task = str((self.record or {}).get("task") or self.select("data.task", "?")).upper()
-        return f"SynthAVS-{task}" if self.select("data.synthetic") else task
-
-    @property
     def task(self) -> str:
         return str((self.record or {}).get("task") or self.select("data.task", "?"))
+
+    @property
+    def column(self) -> str:
+        task = self.task.upper()
+        return f"SynthAVS-{task}" if self.select("data.synthetic") else task
 
 
 @dataclass
@@ -216,6 +216,17 @@ class Table:
         value = self.paper.get(row, {}).get(task, {}).get(short)
         return None if value is None else float(value)
 
+    def layout(self) -> list[tuple[str, str, str, bool]]:
+        """The value columns, left to right: (column, task, metric, with the paper's beside)."""
+        return [
+            (column, task, metric, self.has_paper(metric))
+            for column, task in self.columns
+            for metric in self.metrics
+        ]
+
+    def seed_list(self, row: str) -> list:
+        return sorted(s for s in self.seeds[row] if s is not None)
+
     def has_paper(self, metric: str) -> bool:
         return any(
             self.paper_value(row, task, metric) is not None
@@ -286,23 +297,21 @@ def format_cell(cell: Cell | None, runs_per_row: int) -> str:
 def markdown_table(table: Table) -> str:
     """The table with measured and paper values side by side."""
     header = ["Setting"]
-    for column, task in table.columns:
-        for metric in table.metrics:
-            header.append(f"{column} {label_of(metric)}")
-            if table.has_paper(metric):
-                header.append(f"paper {task.upper()} {label_of(metric)}")
+    for column, task, metric, with_paper in table.layout():
+        header.append(f"{column} {label_of(metric)}")
+        if with_paper:
+            header.append(f"paper {task.upper()} {label_of(metric)}")
     header.append("seeds")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.rows:
-        seeds = sorted(s for s in table.seeds[row] if s is not None)
+        seeds = table.seed_list(row)
         expected = 1 if row in table.references else len(seeds)
         line = [row]
-        for column, task in table.columns:
-            for metric in table.metrics:
-                line.append(format_cell(table.cells.get((row, column, metric)), expected))
-                if table.has_paper(metric):
-                    value = table.paper_value(row, task, metric)
-                    line.append("–" if value is None else f"{value:.2f}")
+        for column, task, metric, with_paper in table.layout():
+            line.append(format_cell(table.cells.get((row, column, metric)), expected))
+            if with_paper:
+                value = table.paper_value(row, task, metric)
+                line.append("–" if value is None else f"{value:.2f}")
         line.append(", ".join(map(str, seeds)))
         lines.append("| " + " | ".join(line) + " |")
     return "\n".join(lines)
@@ -310,30 +319,28 @@ def markdown_table(table: Table) -> str:
 
 def write_csv(table: Table, path: Path) -> None:
     header = ["setting"]
-    for column, task in table.columns:
-        for metric in table.metrics:
-            name = f"{column} {label_of(metric)}"
-            header += [f"{name} mean", f"{name} std", f"{name} n"]
-            if table.has_paper(metric):
-                header += [f"paper {task.upper()} {label_of(metric)}"]
-    header += ["seeds"]
+    for column, task, metric, with_paper in table.layout():
+        name = f"{column} {label_of(metric)}"
+        header += [f"{name} mean", f"{name} std", f"{name} n"]
+        if with_paper:
+            header.append(f"paper {task.upper()} {label_of(metric)}")
+    header.append("seeds")
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for row in table.rows:
             line: list = [row]
-            for column, task in table.columns:
-                for metric in table.metrics:
-                    cell = table.cells.get((row, column, metric))
-                    if cell is None:
-                        line += ["", "", 0]
-                    else:
-                        std = "" if cell.std is None else round(cell.std, 4)
-                        line += [round(cell.mean, 4), std, len(cell.values)]
-                    if table.has_paper(metric):
-                        value = table.paper_value(row, task, metric)
-                        line.append("" if value is None else value)
-            line.append(" ".join(str(s) for s in sorted(table.seeds[row]) if s is not None))
+            for column, task, metric, with_paper in table.layout():
+                cell = table.cells.get((row, column, metric))
+                if cell is None:
+                    line += ["", "", 0]
+                else:
+                    std = "" if cell.std is None else round(cell.std, 4)
+                    line += [round(cell.mean, 4), std, len(cell.values)]
+                if with_paper:
+                    value = table.paper_value(row, task, metric)
+                    line.append("" if value is None else value)
+            line.append(" ".join(map(str, table.seed_list(row))))
             writer.writerow(line)
 
 
