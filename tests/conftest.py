@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from avsac_lit.data.synthetic import generate
+from avsac_lit.train import train
+from tests.helpers import tiny_run
 
 # Small frames and few clips keep generation to a few seconds; the layout is the full one.
 TINY = {"s4": 8, "ms3": 8, "avss": 12}
@@ -41,3 +43,22 @@ def synth_copy(synth_trees: dict[str, Path], tmp_path: Path):
         return destination
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny two-seed multirun directory (``0/``, ``1/``) of the tiny AVSAC trained for two
+    short epochs on a 20-clip SynthAVS-MS3 (3 validation clips, so the audio share has a pair to
+    swap), each tested with true and shuffled audio. Also holds the data, in ``data/``. Tests
+    must not modify it."""
+    base = tmp_path_factory.mktemp("trained")
+    data = base / "data"
+    generate(task="ms3", out=data, videos=20, seed=3, size=TINY_SIZE)
+    settings = "++data.synthetic={videos:20,seed:3,size:64}"
+    for job, seed in enumerate((1, 2)):
+        extra = [
+            settings, f"seed={seed}", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
+            "test_audio=[matched,shuffled]", "callbacks.overlays.clips=2",
+        ]  # fmt: skip
+        train(tiny_run("ms3", data, base / "multirun" / str(job), extra))
+    return base / "multirun"

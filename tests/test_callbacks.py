@@ -1,15 +1,21 @@
-"""Unfreezing the backbone after N epochs, with its parameters joining the optimiser."""
+"""The suite's callbacks: unfreezing the backbone after N epochs (its parameters joining the
+optimiser), and the validation overlays."""
 
 from __future__ import annotations
 
+import json
+
 import lightning as L
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from avsac_lit.callbacks import UnfreezeBackbone
+from avsac_lit.callbacks import UnfreezeBackbone, ValidationOverlays
 from avsac_lit.models.backbone import VisualBackbone
+from avsac_lit.viz import clip_figure, mask_palette, overlay, predicted_masks
 
 
 class TinySystem(L.LightningModule):
@@ -67,3 +73,54 @@ def test_callback_config_instantiates():
     callback = instantiate(OmegaConf.load(conf).unfreeze_backbone)
     assert isinstance(callback, UnfreezeBackbone)
     assert callback.epochs == 5
+
+
+def test_overlays_are_written_as_png_grids_every_validation_epoch_without_a_logger(trained_runs):
+    run = trained_runs / "0"
+    epochs = sorted(p.name for p in (run / "overlays").iterdir())
+    assert epochs == ["epoch_000", "epoch_001"]  # not the sanity check
+    for epoch in epochs:
+        grids = sorted((run / "overlays" / epoch).glob("*.png"))
+        assert len(grids) == 2  # the first and the last validation clip, every epoch
+        with Image.open(grids[0]) as image:
+            assert image.width > image.height > 200
+    names = sorted(p.name for p in (run / "overlays" / "epoch_000").glob("*.png"))
+    assert names == sorted(p.name for p in (run / "overlays" / "epoch_001").glob("*.png"))
+    assert json.loads((run / "metrics.json").read_text())["metrics"]["val/miou"] >= 0
+
+
+def test_overlays_refuse_nonsense_settings(tmp_path):
+    with pytest.raises(ValueError, match=r"callbacks\.overlays: clips=0"):
+        ValidationOverlays(dirpath=tmp_path, clips=0)
+
+
+def test_overlay_blends_inside_the_mask_and_draws_its_outline_solid():
+    image = np.full((4, 4, 3), 100, dtype=np.uint8)
+    mask = np.zeros((4, 4), dtype=np.int64)
+    mask[:, 1:] = 1  # a 4x3 object; its left column touches the background
+    palette = mask_palette(1)
+    drawn = overlay(image, mask, palette, alpha=0.5)
+    assert (drawn[:, 0] == 100).all()  # background untouched
+    assert (drawn[:, 1] == palette[1]).all()  # outline: the class colour itself
+    blended = np.round(0.5 * 100 + 0.5 * palette[1].astype(np.float32))
+    assert (drawn[:, 2] == blended).all() and (drawn[:, 3] == blended).all()
+
+
+def test_predicted_masks_threshold_binary_and_take_the_argmax_of_classes():
+    binary = torch.tensor([[[[0.1, -0.1]]]])  # [1, K=1, 1, 2]
+    assert predicted_masks(binary).tolist() == [[[1, 0]]]
+    classes = torch.tensor([[[[0.0]], [[2.0]], [[1.0]]]])  # [1, K=3, 1, 1]
+    assert predicted_masks(classes).tolist() == [[[1]]]
+
+
+def test_avss_grid_names_the_classes_it_shows_and_leaves_out_padding_frames():
+    frames, audio = torch.zeros(3, 3, 8, 8), torch.zeros(3, 1, 96, 64)
+    prediction = torch.zeros(3, 8, 8, dtype=torch.long)
+    prediction[0, :2, :2] = 2
+    figure = clip_figure(
+        frames, audio, prediction, prediction.clone(), num_classes=3,
+        frame_valid=torch.tensor([True, True, False]), class_names=["background", "dog", "car"],
+        title="clip",
+    )  # fmt: skip
+    assert figure._suptitle.get_text() == "clip\ncar"
+    assert len(figure.axes) == 2 * 2 + 1  # two real frames, two rows, and the log-mel

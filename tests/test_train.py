@@ -126,6 +126,13 @@ def test_resumed_run_continues_from_its_epoch(synth_trees, tmp_path):
     assert epochs == {1, 2}  # epoch 0 came from the checkpoint and was not trained again
 
 
+def test_runs_log_the_audio_share_of_the_true_audio_only(trained_runs):
+    for job in ("0", "1"):
+        metrics = json.loads((trained_runs / job / "metrics.json").read_text())["metrics"]
+        assert 0.0 < metrics["val/audio_share"] < 1.0 and 0.0 < metrics["test/audio_share"] < 1.0
+        assert "test_shuffled/miou" in metrics and "test_shuffled/audio_share" not in metrics
+
+
 def test_wandb_offline_run_writes_its_directory_and_finishes(synth_trees, tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -138,4 +145,8 @@ def test_wandb_offline_run_writes_its_directory_and_finishes(synth_trees, tmp_pa
     train(cfg)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+    overlays = list(runs[0].glob("files/media/images/val/overlays_*"))
+    assert overlays, "validation overlays go to W&B as images with masks"
+    assert any(runs[0].glob("files/media/images/mask/*"))  # the toggleable mask layers
+    assert not (tmp_path / "overlays").exists()  # no PNG grids beside W&B
     assert wandb.run is None  # finished, so the next job of a multirun gets its own run

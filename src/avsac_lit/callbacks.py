@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import lightning as L
-from lightning.pytorch.callbacks import BaseFinetuning
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BaseFinetuning, Callback
+from lightning.pytorch.loggers import WandbLogger
 from torch.optim import Optimizer
+from torch.utils.data import Dataset, default_collate
 
 from avsac_lit.models.backbone import VisualBackbone
+from avsac_lit.viz import clip_figure, frames_to_uint8, log_mel_image, predicted_masks
+
+log = logging.getLogger(__name__)
 
 
 def find_backbone(pl_module: L.LightningModule) -> VisualBackbone:
@@ -46,3 +56,94 @@ class UnfreezeBackbone(BaseFinetuning):
         backbone = find_backbone(pl_module)
         backbone.set_frozen(False)
         self.unfreeze_and_add_param_group(backbone, optimizer, initial_denom_lr=1.0, train_bn=True)
+
+
+class ValidationOverlays(Callback):
+    """Every ``every_n_epochs`` validation epochs, draws the same validation clips with their
+    predicted and ground-truth masks and their log-mel.
+
+    With a W&B logger the frames go to W&B as images with two mask layers (``predictions``,
+    ``ground_truth``) that the dashboard toggles, and the log-mels as images (``val/overlays``,
+    ``val/log_mel``). Without one, each clip is a PNG grid,
+    ``{dirpath}/epoch_{NNN}/{clip}.png``. Skips the sanity check; runs on rank zero only.
+
+    Args:
+        dirpath: where PNG grids go (the run directory's ``overlays/``).
+        clips: how many validation clips, spread evenly over the split and fixed for the run.
+        every_n_epochs: draw every this many epochs (the last validation of a run too).
+    """
+
+    def __init__(self, dirpath: str | Path, clips: int = 4, every_n_epochs: int = 1) -> None:
+        super().__init__()
+        if clips < 1 or every_n_epochs < 1:
+            raise ValueError(
+                f"callbacks.overlays: clips={clips} and every_n_epochs={every_n_epochs} must "
+                "both be at least 1 (remove the callback with ~callbacks.overlays)."
+            )
+        self.dirpath = Path(dirpath)
+        self.clips, self.every_n_epochs = clips, every_n_epochs
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        last_epoch = trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
+        due = (trainer.current_epoch + 1) % self.every_n_epochs == 0 or last_epoch
+        if trainer.sanity_checking or not trainer.is_global_zero or not due:
+            return
+        dataset = validation_dataset(trainer)
+        indices = np.unique(np.linspace(0, len(dataset) - 1, self.clips).round().astype(int))
+        batch = default_collate([dataset[int(i)] for i in indices])
+        with torch.no_grad():
+            inputs = {k: v.to(pl_module.device) for k, v in batch.items() if torch.is_tensor(v)}
+            predictions = predicted_masks(pl_module(inputs)["logits"]).cpu()
+        num_classes = pl_module.num_classes
+        class_names = getattr(dataset, "class_names", None)
+        wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if wandb_loggers:
+            self.log_to_wandb(wandb_loggers, batch, predictions, num_classes, class_names, trainer)
+        else:
+            folder = self.dirpath / f"epoch_{trainer.current_epoch:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, name in enumerate(batch["name"]):
+                figure = clip_figure(
+                    batch["frames"][i], batch["audio"][i], predictions[i], batch["masks"][i],
+                    num_classes=num_classes, frame_valid=batch["frame_valid"][i],
+                    mask_valid=batch["mask_valid"][i], class_names=class_names,
+                    title=f"{name}, epoch {trainer.current_epoch}",
+                )  # fmt: skip
+                figure.savefig(folder / f"{name}.png", dpi=100)
+            log.info("Validation overlays written to %s", folder)
+
+    @staticmethod
+    def log_to_wandb(loggers, batch, predictions, num_classes, class_names, trainer) -> None:
+        import wandb
+
+        names = class_names or (["background", "sounding"] if num_classes == 1 else None)
+        labels = dict(enumerate(names)) if names else {c: str(c) for c in range(num_classes)}
+        images, log_mels = [], []
+        for i, name in enumerate(batch["name"]):
+            frames = frames_to_uint8(batch["frames"][i])
+            for k in batch["frame_valid"][i].nonzero()[:, 0].tolist():
+                layers = {"predictions": predictions[i, k]}
+                if batch["mask_valid"][i, k]:
+                    layers["ground_truth"] = batch["masks"][i, k].long()
+                masks = {
+                    layer: {"mask_data": mask.numpy(), "class_labels": labels}
+                    for layer, mask in layers.items()
+                }
+                images.append(wandb.Image(frames[k], masks=masks, caption=f"{name} frame {k + 1}"))
+            spectrogram = log_mel_image(batch["audio"][i][batch["frame_valid"][i]])
+            log_mels.append(wandb.Image(normalised(spectrogram[::-1]), caption=name))
+        step = {"trainer/global_step": trainer.global_step}
+        for logger in loggers:
+            logger.experiment.log({"val/overlays": images, "val/log_mel": log_mels, **step})
+
+
+def normalised(image: np.ndarray) -> np.ndarray:
+    """A float image scaled to uint8 0..255 over its own range."""
+    low, high = float(image.min()), float(image.max())
+    return ((image - low) / max(high - low, 1e-12) * 255).round().astype(np.uint8)
+
+
+def validation_dataset(trainer: L.Trainer) -> Dataset:
+    loaders = trainer.val_dataloaders
+    loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+    return loader.dataset

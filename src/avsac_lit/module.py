@@ -11,11 +11,13 @@ from torch.optim import Optimizer
 from torchmetrics import MaxMetric, MetricCollection
 
 from avsac_lit.metrics import (
+    AudioShare,
     AVSSFScore,
     AVSSMeanIoU,
     PooledFScore,
     ProtocolFScore,
     ProtocolJaccard,
+    counterfactual_shifts,
 )
 from avsac_lit.models.losses import AVSCriterion
 
@@ -48,12 +50,16 @@ class AVSLitModule(L.LightningModule):
         eval_padding_frames: AVSS: also score the padding frames of 5-frame clips (as all
             background, with the zeroed logits the model gives them), as the reference does, so
             numbers compare with published ones (docs/metrics.md, quirk 10).
+        audio_share_batches: validation and test batches (the first ones, per process) on which
+            the audio share of the final feature is measured; each costs two more forward passes.
+            ``None`` measures every batch, 0 none (docs/metrics.md, "Audio share").
 
     Each stage has its own metrics, logged per epoch as ``{train,val,test}/{miou,f}`` (and
     ``f_pooled`` for S4/MS3); loss parts are ``{stage}/loss``, ``{stage}/seg``, ``{stage}/sync``
     (and ``mix`` for AVSegFormer). Training scores the annotated frames only, like the loss.
-    ``val/miou_best`` tracks the best validation mIoU. Testing with counterfactual audio (set
-    ``test_prefix`` to e.g. ``test_shuffled``) logs under that prefix instead of ``test``.
+    ``val/miou_best`` tracks the best validation mIoU; ``val/audio_share`` and
+    ``test/audio_share`` the audio share of the final feature. Testing with counterfactual audio
+    (set ``test_prefix`` to e.g. ``test_shuffled``) logs under that prefix instead of ``test``.
     """
 
     def __init__(
@@ -65,8 +71,14 @@ class AVSLitModule(L.LightningModule):
         scheduler: Callable[[Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
         scheduler_interval: str = "epoch",
         eval_padding_frames: bool = True,
+        audio_share_batches: int | None = 16,
     ) -> None:
         super().__init__()
+        if audio_share_batches is not None and audio_share_batches < 0:
+            raise ValueError(
+                f"model.audio_share_batches={audio_share_batches}; expected a number of batches "
+                ">= 0 (0 turns the measurement off) or null for every batch."
+            )
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(
                 f"model.scheduler_interval={scheduler_interval!r}; expected 'epoch' or 'step'."
@@ -86,6 +98,7 @@ class AVSLitModule(L.LightningModule):
                 for stage in ("train", "val", "test")
             }
         )
+        self.audio_share = nn.ModuleDict({"val": AudioShare(), "test": AudioShare()})
         self.val_miou_best = MaxMetric()
         self.test_prefix = "test"
 
@@ -130,6 +143,7 @@ class AVSLitModule(L.LightningModule):
     def on_train_start(self) -> None:
         # The sanity check's batches must not count towards the first epoch or the best score.
         self.stage_metrics("val").reset()
+        self.audio_share["val"].reset()
         self.val_miou_best.reset()
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -147,10 +161,10 @@ class AVSLitModule(L.LightningModule):
         metrics.reset()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.evaluation_step("val", batch)
+        self.evaluation_step("val", batch, batch_idx)
 
     def on_validation_epoch_end(self) -> None:
-        scores = self.stage_metrics("val").compute()
+        scores = self.stage_metrics("val").compute() | self.compute_audio_share("val")
         self.stage_metrics("val").reset()
         self.log_dict(scores, prog_bar=True)
         if not self.trainer.sanity_checking:
@@ -158,18 +172,38 @@ class AVSLitModule(L.LightningModule):
             self.log("val/miou_best", self.val_miou_best.compute())
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.evaluation_step("test", batch)
+        self.evaluation_step("test", batch, batch_idx)
 
     def on_test_epoch_end(self) -> None:
-        scores = self.stage_metrics("test").compute()
+        scores = self.stage_metrics("test").compute() | self.compute_audio_share("test")
         self.stage_metrics("test").reset()
         self.log_dict({self.test_prefix + k.removeprefix("test"): v for k, v in scores.items()})
 
-    def evaluation_step(self, stage: str, batch: dict) -> None:
+    def evaluation_step(self, stage: str, batch: dict, batch_idx: int) -> None:
         outputs, losses = self.model_step(batch)
         prefix = self.test_prefix if stage == "test" else stage
         self.log_losses(prefix, losses, batch_size=len(batch["frames"]))
         self.update_metrics(stage, outputs, batch)
+        if self.measures_audio_share(stage, batch, batch_idx):
+            shifts = counterfactual_shifts(self.net, batch, outputs["pixel_feature"])
+            self.audio_share[stage].update(*shifts)
+
+    def measures_audio_share(self, stage: str, batch: dict, batch_idx: int) -> bool:
+        limit = self.hparams.audio_share_batches
+        return (
+            (limit is None or batch_idx < limit)
+            and len(batch["frames"]) > 1  # a lone last clip has no partner to swap with
+            # Under counterfactual test audio the "true" input is already swapped.
+            and (stage == "val" or self.test_prefix == "test")
+        )
+
+    def compute_audio_share(self, stage: str) -> dict[str, Tensor]:
+        metric = self.audio_share[stage]
+        if not metric.update_called:
+            return {}
+        share = metric.compute()
+        metric.reset()
+        return {f"{stage}/audio_share": share}
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         """Per-pixel predictions [B, T, H, W]: sounding probability (S4/MS3) or class ids (AVSS)."""

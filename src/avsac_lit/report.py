@@ -39,7 +39,8 @@ PAPER_METRICS = {"test/f": "F", "test/miou": "mIoU"}
 EXTRA_METRICS = {
     "test_shuffled/miou": "mIoU, shuffled audio",
     "test_silent/miou": "mIoU, silent audio",
-    "val/audio_share": "audio share",
+    "test/audio_share": "audio share",
+    "val/audio_share": "audio share (val, last epoch)",
 }
 PERCENT_SUFFIXES = ("/f", "/miou", "/f_pooled", "/miou_best")
 ERROR_LINE = re.compile(r"\b\w*(Error|Exception|Interrupt)\b.*")
@@ -426,6 +427,8 @@ def report(root: Path, metrics: Sequence[str] | None = None) -> dict[str, Path]:
         )
     if metrics is None:
         wanted += [m for m in EXTRA_METRICS if all(m in run.metrics for run in finished)]
+        if "test/audio_share" in wanted:  # the tested model's, rather than the last epoch's
+            wanted.remove("val/audio_share")
     table = build_table(runs, wanted)
 
     failed = [run for run in runs if run.problem is not None]

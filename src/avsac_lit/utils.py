@@ -113,6 +113,7 @@ def build_module(cfg: DictConfig) -> AVSLitModule:
         scheduler=instantiate(model.scheduler) if model.get("scheduler") else None,
         scheduler_interval=model.get("scheduler_interval", "epoch"),
         eval_padding_frames=model.get("eval_padding_frames", True),
+        audio_share_batches=model.get("audio_share_batches", 16),
     )
 
 

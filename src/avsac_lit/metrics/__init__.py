@@ -22,9 +22,13 @@ AVSS, over a whole split (``AVSSMeanIoU``, ``AVSSFScore``):
   decides which frames to pass); its ``miou_noBg`` drops the last class, not background (not
   reported here).
 
+Not part of the protocol: ``AudioShare``, the share of the audio in the final per-pixel feature,
+measured with counterfactual inputs (:mod:`avsac_lit.metrics.audio_share`).
+
 ``docs/metrics.md`` explains each quirk and which class to report.
 """
 
+from avsac_lit.metrics.audio_share import AudioShare, counterfactual_shifts
 from avsac_lit.metrics.functional import (
     avss_frame_stats,
     avss_miou_fscore,
@@ -43,11 +47,13 @@ from avsac_lit.metrics.protocol import (
 __all__ = [
     "AVSSFScore",
     "AVSSMeanIoU",
+    "AudioShare",
     "PooledFScore",
     "ProtocolFScore",
     "ProtocolJaccard",
     "avss_frame_stats",
     "avss_miou_fscore",
+    "counterfactual_shifts",
     "f_measure",
     "f_measure_curves",
     "mask_iou",

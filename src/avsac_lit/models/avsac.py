@@ -56,9 +56,10 @@ class AVSAC(AVSModel):
             frame_valid: [B, T] bool; padding frames (False) get zero features and logits.
 
         Returns:
-            ``logits`` [B, T, classes, H, W]; ``agv`` [B, T, C, H/4, W/4] (F_AGV, the per-pixel
-            feature the AVFS loss reads); ``audio_queries`` [B, T, Q, C] (F_a);
-            ``vga`` [B, T, Q, C] (F_VGA).
+            ``logits`` [B, T, classes, H, W]; ``pixel_feature`` [B, T, C, H/4, W/4]
+            (``F_AGV + MLP(F_AGV . F_VGA)`` of Eq. 1, the input of the final layers);
+            ``agv`` [B, T, C, H/4, W/4] (F_AGV, the per-pixel feature the AVFS loss reads);
+            ``audio_queries`` [B, T, Q, C] (F_a); ``vga`` [B, T, Q, C] (F_VGA).
         """
         batch = frames.shape[0]
         encoded = self.encode(frames, audio, frame_valid)
@@ -72,9 +73,11 @@ class AVSAC(AVSModel):
         )
         agv = self.mask_feature(level_map(agv_tokens, tokens["shapes"], 0), encoded["stride4"])
         agv = self.masked(agv, encoded["flag"])
-        logits = self.masked(self.head(agv, vga), encoded["flag"])
+        pixel_feature = self.head.fuse(agv, vga)
+        logits = self.masked(self.head.to_mask(pixel_feature), encoded["flag"])
         return {
             "logits": self.per_clip(logits, batch),
+            "pixel_feature": self.per_clip(pixel_feature, batch),
             "agv": self.per_clip(agv, batch),
             "audio_queries": self.per_clip(encoded["audio_queries"], batch),
             "vga": self.per_clip(vga, batch),

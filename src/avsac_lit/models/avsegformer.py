@@ -78,7 +78,9 @@ class AVSegFormer(AVSModel):
             frame_valid: [B, T] bool; padding frames (False) get zero features and logits.
 
         Returns:
-            ``logits`` [B, T, classes, H, W]; ``mask_feature`` [B, T, C, H/4, W/4] (after the
+            ``logits`` [B, T, classes, H, W]; ``pixel_feature`` [B, T, C, H/4, W/4] (the
+            mask feature plus the MLP of its products with the queries, the input of the final
+            layers); ``mask_feature`` [B, T, C, H/4, W/4] (after the
             mixer); ``audio_queries`` [B, T, Q, C] (F_a); ``queries`` [B, T, Q, C] (decoder output).
         """
         batch = frames.shape[0]
@@ -92,9 +94,11 @@ class AVSegFormer(AVSModel):
             queries = layer(queries, memory)
         feature = self.mask_feature(level_map(memory, tokens["shapes"], 0), encoded["stride4"])
         feature = self.masked(self.mixer(feature, encoded["audio_token"]), encoded["flag"])
-        logits = self.masked(self.head(feature, queries), encoded["flag"])
+        pixel_feature = self.head.fuse(feature, queries)
+        logits = self.masked(self.head.to_mask(pixel_feature), encoded["flag"])
         return {
             "logits": self.per_clip(logits, batch),
+            "pixel_feature": self.per_clip(pixel_feature, batch),
             "mask_feature": self.per_clip(feature, batch),
             "audio_queries": self.per_clip(encoded["audio_queries"], batch),
             "queries": self.per_clip(queries, batch),

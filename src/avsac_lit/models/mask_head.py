@@ -113,7 +113,12 @@ class PredictionHead(nn.Module):
             nn.Conv2d(mask_channels[1], num_classes, 1, bias=False),
         )
 
+    def fuse(self, feature: Tensor, queries: Tensor) -> Tensor:
+        """``F + MLP(F . Q)``, the final per-pixel feature: feature [N, C, H/4, W/4], queries
+        [N, Q, C] -> [N, C, H/4, W/4]. The audio share (docs/metrics.md) is measured on it."""
+        products = torch.einsum("nqc,nchw->nqhw", queries, feature)  # [N, Q, H/4, W/4]
+        return feature + self.mlp(products)
+
     def forward(self, feature: Tensor, queries: Tensor) -> Tensor:
         """feature [N, C, H/4, W/4], queries [N, Q, C] -> mask logits [N, classes, H, W]."""
-        products = torch.einsum("nqc,nchw->nqhw", queries, feature)  # [N, Q, H/4, W/4]
-        return self.to_mask(feature + self.mlp(products))
+        return self.to_mask(self.fuse(feature, queries))
