@@ -101,6 +101,9 @@ class AVSLitModule(L.LightningModule):
         self.audio_share = nn.ModuleDict({"val": AudioShare(), "test": AudioShare()})
         self.val_miou_best = MaxMetric()
         self.test_prefix = "test"
+        # The resolved run config, saved into every checkpoint (``build_run`` sets it), so that a
+        # checkpoint alone rebuilds its model: avsac_lit.predict and the notebooks.
+        self.run_config: dict | None = None
 
     def stage_metrics(self, stage: str) -> MetricCollection:
         return self.metrics[f"{stage}_metrics"]
@@ -211,6 +214,13 @@ class AVSLitModule(L.LightningModule):
         if self.num_classes == 1:
             return {"probabilities": logits[:, :, 0].sigmoid()}
         return {"classes": logits.softmax(dim=2).argmax(dim=2)}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        checkpoint["avsac_lit"] = {
+            "config": self.run_config,
+            "class_names": getattr(datamodule, "class_names", None),
+        }
 
     def configure_optimizers(self) -> dict:
         trainable = [p for p in self.trainer.model.parameters() if p.requires_grad]

@@ -23,7 +23,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.markdown import Markdown
 
@@ -102,6 +102,7 @@ def build_run(
     set_num_classes(cfg, datamodule)
     save_resolved_config(cfg)
     module = build_module(cfg)
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
     built_callbacks = instantiate_group(callbacks, "callback")
     loggers = instantiate_group(cfg.get("logger"), "logger")
     if not loggers and any(isinstance(c, LearningRateMonitor) for c in built_callbacks):

@@ -138,6 +138,15 @@ class AVSDataModule(L.LightningDataModule):
             self.setup(None)
         return next(iter(self.datasets.values())).num_classes
 
+    @property
+    def class_names(self) -> list[str] | None:
+        """AVSS: the class names, background first (label2idx.json order); None for S4/MS3."""
+        if self.hparams.task != "avss":
+            return None
+        if not self.datasets:
+            self.setup(None)
+        return list(next(iter(self.datasets.values())).class_names)
+
 
 def _has_synthetic_tree(root: str | Path, task: str, settings: dict[str, Any]) -> bool:
     manifest_path = Path(root) / "manifest.json"

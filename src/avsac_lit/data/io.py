@@ -51,8 +51,12 @@ def resize_or_crop(image: Image.Image, size: int, *, crop: bool, is_mask: bool) 
 
 def load_frame(path: Path, size: int, *, crop: bool = False) -> torch.Tensor:
     """An RGB frame as an ImageNet-normalised float tensor [3, size, size]."""
-    image = resize_or_crop(open_image(path, "RGB"), size, crop=crop, is_mask=False)
-    tensor = TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
+    return normalised_frame(resize_or_crop(open_image(path, "RGB"), size, crop=crop, is_mask=False))
+
+
+def normalised_frame(image: Image.Image) -> torch.Tensor:
+    """An RGB image as an ImageNet-normalised float tensor [3, H, W]."""
+    tensor = TF.to_dtype(TF.pil_to_tensor(image.convert("RGB")), torch.float32, scale=True)
     return TF.normalize(tensor, IMAGENET_MEAN, IMAGENET_STD)
 
 

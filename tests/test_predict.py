@@ -1,0 +1,228 @@
+"""``avsac_lit.predict`` on video files that the tests encode from synthetic frames and tones."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from avsac_lit.data.audio import read_wav
+from avsac_lit.inference import load_trained
+from avsac_lit.predict import VideoError, predict, read_video, window_examples, windows
+
+FPS = 8
+RATE = 22050  # not 16 kHz, so predict has to resample
+
+
+def encode(path: Path, frames: list[np.ndarray] | None, audio: np.ndarray | None) -> Path:
+    """An mp4 of ``frames`` (uint8 [H, W, 3]) at FPS and ``audio`` (mono float) at RATE."""
+    with av.open(str(path), mode="w") as container:
+        # Every stream is added before the first packet is written.
+        if frames is not None:
+            video = container.add_stream("libx264", rate=FPS)
+            video.height, video.width = frames[0].shape[:2]
+            video.pix_fmt = "yuv420p"
+        if audio is not None:
+            sound = container.add_stream("aac", rate=RATE, layout="mono")
+        if frames is not None:
+            for image in frames:
+                container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            container.mux(video.encode())
+        if audio is not None:
+            pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)[None]
+            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = RATE, 0, Fraction(1, RATE)
+            container.mux(sound.encode(frame))
+            container.mux(sound.encode())
+    return path
+
+
+def tone(seconds: float, hertz: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return 0.3 * np.sin(2 * np.pi * hertz * t)
+
+
+def synthetic_video(data: Path, seconds: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Second l shows frame (l mod 5) of a SynthAVS-MS3 test clip on its last video frame only
+    (the one AVSBench samples at 8 fps: index 8 l + 7) and grey before it; the clip's own
+    sounds, looped, are the audio track (resampled to RATE)."""
+    name = next((data / "ms3_data" / "audio_wav" / "test").glob("*.wav")).stem
+    folder = data / "ms3_data" / "visual_frames" / name
+    clip = [
+        np.asarray(Image.open(folder / f"{name}.mp4_{k}.png").convert("RGB")) for k in range(1, 6)
+    ]
+    frames = []
+    for second in range(seconds):
+        grey = np.full_like(clip[0], 128)
+        frames += [grey] * (FPS - 1) + [clip[second % 5]]
+    samples, rate = read_wav(data / "ms3_data" / "audio_wav" / "test" / f"{name}.wav")
+    looped = np.tile(samples, seconds // 5 + 1)[: seconds * rate]
+    resampled = np.interp(np.arange(seconds * RATE) * rate / RATE, np.arange(len(looped)), looped)
+    return frames, resampled
+
+
+@pytest.fixture(scope="module")
+def checkpoint(trained_runs) -> Path:
+    return trained_runs / "0" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def seven_seconds(trained_runs, tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
+    frames, audio = synthetic_video(trained_runs.parent / "data", seconds=7)
+    path = encode(tmp_path_factory.mktemp("video") / "clip.mp4", frames, audio)
+    return path, frames
+
+
+def test_windows_cover_any_length_with_clips_of_the_training_length():
+    assert windows(7, 5) == [(0, 5, 0), (2, 7, 5)]  # the last window overlaps, 2 new seconds
+    assert windows(10, 5) == [(0, 5, 0), (5, 10, 5)]
+    assert windows(3, 5) == [(0, 3, 0)]
+    assert windows(12, 10) == [(0, 10, 0), (2, 12, 10)]
+
+
+def test_frames_are_sampled_at_the_avsbench_position_and_audio_resampled(seven_seconds):
+    path, frames = seven_seconds
+    video = read_video(path)
+    assert video.seconds == 7 and video.fps == FPS
+    assert video.frame_indices == [8 * second + 7 for second in range(7)]  # int(8 l + 15/16 * 8)
+    for second, image in enumerate(video.frames):
+        # The sampled frame is the clip's frame, not the grey around it (H.264 is lossy).
+        assert np.abs(image.astype(int) - frames[8 * second + 7]).mean() < 8
+    assert abs(len(video.audio) - 7 * 16000) < 2048  # at 16 kHz, up to the AAC padding
+
+
+def test_predict_writes_the_overlay_video_masks_and_json(checkpoint, seven_seconds, tmp_path):
+    path, _ = seven_seconds
+    files = predict(checkpoint, path, tmp_path / "out", task="ms3")
+    masks = sorted(files["masks"].glob("*.png"))
+    assert [m.name for m in masks] == [f"frame_{k:04d}.png" for k in range(1, 8)]
+    with Image.open(masks[0]) as mask:
+        assert mask.size == (64, 64) and set(np.unique(np.asarray(mask))) <= {0, 255}
+    record = json.loads(files["json"].read_text())
+    assert record["task"] == "ms3" and record["seconds"] == 7 and record["window_seconds"] == 5
+    frames = record["frames"]
+    assert [f["frame"] for f in frames] == list(range(1, 8))
+    assert [f["time_s"] for f in frames] == pytest.approx([s + 7 / 8 for s in range(7)])
+    for frame, mask_path in zip(frames, masks, strict=True):
+        with Image.open(mask_path) as mask:
+            area = (np.asarray(mask) > 0).mean()
+        assert frame["area"] == pytest.approx(area, abs=1e-6)
+        assert 0.0 <= frame["score"] <= frame["max_score"] <= 1.0
+        assert (frame["score"] > 0.5) == (area > 0)
+    with av.open(str(files["video"])) as container:
+        assert len(container.streams.video) == 1 and len(container.streams.audio) == 1
+        assert sum(1 for _ in container.decode(video=0)) == 7
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height) == (64, 64)
+
+
+def test_predictions_are_the_model_on_the_window_clips(checkpoint, seven_seconds, tmp_path):
+    """Frame 7 comes from the second window (seconds 2-6): its mask is the model's prediction for
+    that clip's fifth frame, upsampled to the video's size."""
+    path, _ = seven_seconds
+    files = predict(checkpoint, path, tmp_path / "out")
+    model = load_trained(checkpoint)
+    video = read_video(path)
+    frames = torch.stack([model.frame_tensor(Image.fromarray(f)) for f in video.frames[2:7]])
+    logits = model(frames, window_examples(video.audio, 2, 7))["logits"][4]  # [1, S, S]
+    expected = torch.nn.functional.interpolate(logits[None], size=(64, 64), mode="bilinear")
+    expected = (expected[0, 0].sigmoid() > 0.5).numpy()
+    with Image.open(files["masks"] / "frame_0007.png") as mask:
+        assert ((np.asarray(mask) > 0) == expected).mean() == 1.0
+
+
+def test_avss_predictions_name_their_classes(synth_trees, tmp_path):
+    from avsac_lit.train import train
+    from tests.helpers import tiny_run
+
+    run = tmp_path / "run"
+    train(tiny_run("avss", synth_trees["avss"], run, ["trainer.max_epochs=1",
+          "trainer.limit_train_batches=1", "test=false", "~callbacks.overlays"]))  # fmt: skip
+    frames, audio = [np.full((48, 80, 3), 90, np.uint8)] * (FPS * 3), tone(3.2)
+    files = predict(run / "checkpoints" / "last.ckpt", encode(tmp_path / "a.mp4", frames, audio),
+                    tmp_path / "out")  # fmt: skip
+    record = json.loads(files["json"].read_text())
+    assert record["task"] == "avss" and record["window_seconds"] == 10 and record["seconds"] == 3
+    names = load_trained(run / "checkpoints" / "last.ckpt").class_names
+    assert names[0] == "background" and len(names) == 11
+    for frame in record["frames"]:
+        assert all(c["class"] == names[c["class_id"]] for c in frame["classes"])
+        assert frame["area"] == pytest.approx(sum(c["area"] for c in frame["classes"]), abs=1e-5)
+    with Image.open(files["masks"] / "frame_0001.png") as mask:
+        assert mask.mode == "P" and mask.size == (80, 48)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("no_audio", "has no audio track"),
+        ("no_video", "has no video track"),
+        ("garbage", "Cannot read"),
+        ("short", "shorter than one second"),
+    ],
+)
+def test_videos_that_cannot_be_segmented_are_refused(kind, message, tmp_path):
+    frames = [np.zeros((32, 32, 3), np.uint8)] * (FPS * 2)
+    path = tmp_path / "bad.mp4"
+    if kind == "no_audio":
+        encode(path, frames, None)
+    elif kind == "no_video":
+        encode(path, None, tone(2))
+    elif kind == "garbage":
+        path.write_bytes(b"this is not a video" * 100)
+    else:
+        encode(path, frames[: FPS // 2], tone(0.5))
+    with pytest.raises(VideoError, match=message) as error:
+        read_video(path)
+    assert str(path) in str(error.value)
+
+
+def test_a_missing_video_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"input=.*nowhere\.mp4"):
+        read_video(tmp_path / "nowhere.mp4")
+
+
+def test_a_checkpoint_of_another_task_is_refused(checkpoint, seven_seconds, tmp_path):
+    with pytest.raises(ValueError, match=r"trained for task 'ms3'.*task='avss'"):
+        predict(checkpoint, seven_seconds[0], tmp_path / "out", task="avss")
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_checkpoints_without_their_config_use_the_run_directory_or_say_what_to_pass(
+    checkpoint, tmp_path
+):
+    saved = torch.load(checkpoint, weights_only=True)
+    del saved["avsac_lit"]
+    old = tmp_path / "run" / "checkpoints" / "old.ckpt"
+    old.parent.mkdir(parents=True)
+    torch.save(saved, old)
+    with pytest.raises(FileNotFoundError, match="config=logs/train/runs"):
+        load_trained(old)
+    (tmp_path / "run" / "config.yaml").write_text(
+        (checkpoint.parents[1] / "config.yaml").read_text()
+    )
+    assert load_trained(old).task == "ms3"
+    other = tmp_path / "avss.yaml"
+    other.write_text((checkpoint.parents[1] / "config.yaml").read_text().replace(
+        "num_classes: 1", "num_classes: 11"))  # fmt: skip
+    with pytest.raises(ValueError, match="predicts 1 classes but its config"):
+        load_trained(old, config=other)
+
+
+def test_cli(checkpoint, seven_seconds, tmp_path):
+    out = tmp_path / "cli"
+    command = [
+        sys.executable, "-m", "avsac_lit.predict", f"ckpt_path={checkpoint}",
+        f"input={seven_seconds[0]}", f"output={out}", "device=cpu",
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    assert (out / "overlay.mp4").is_file() and (out / "predictions.json").is_file()
+    assert (out / "predict.log").is_file() and (out / ".hydra" / "overrides.yaml").is_file()
