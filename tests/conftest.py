@@ -58,7 +58,7 @@ def trained_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for job, seed in enumerate((1, 2)):
         extra = [
             settings, f"seed={seed}", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
-            "test_audio=[matched,shuffled]", "callbacks.overlays.clips=2",
+            "test_audio=[matched,shuffled]", "callbacks.overlays.clips=2", "logger=csv",
         ]  # fmt: skip
         train(tiny_run("ms3", data, base / "multirun" / str(job), extra))
     return base / "multirun"

@@ -118,7 +118,8 @@ def test_avss_grid_names_the_classes_it_shows_and_leaves_out_padding_frames():
     prediction = torch.zeros(3, 8, 8, dtype=torch.long)
     prediction[0, :2, :2] = 2
     figure = clip_figure(
-        frames, audio, prediction, prediction.clone(), num_classes=3,
+        frames, audio, {"ground truth": prediction.clone(), "prediction": prediction},
+        num_classes=3,
         frame_valid=torch.tensor([True, True, False]), class_names=["background", "dog", "car"],
         title="clip",
     )  # fmt: skip

@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 from torch.utils.data import Dataset, default_collate
 
 from avsac_lit.models.backbone import VisualBackbone
-from avsac_lit.viz import clip_figure, frames_to_uint8, log_mel_image, predicted_masks
+from avsac_lit.viz import GROUND_TRUTH, clip_figure, frames_to_uint8, log_mel_image, predicted_masks
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,8 @@ class ValidationOverlays(Callback):
             folder.mkdir(parents=True, exist_ok=True)
             for i, name in enumerate(batch["name"]):
                 figure = clip_figure(
-                    batch["frames"][i], batch["audio"][i], predictions[i], batch["masks"][i],
+                    batch["frames"][i], batch["audio"][i],
+                    {GROUND_TRUTH: batch["masks"][i], "prediction": predictions[i]},
                     num_classes=num_classes, frame_valid=batch["frame_valid"][i],
                     mask_valid=batch["mask_valid"][i], class_names=class_names,
                     title=f"{name}, epoch {trainer.current_epoch}",

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from avsac_lit.data.io import IMAGENET_MEAN, IMAGENET_STD, voc_palette
 
+GROUND_TRUTH = "ground truth"
 SOUNDING_COLOUR = (255, 64, 32)  # binary masks: one colour that stands out on most frames
 
 
@@ -69,8 +70,7 @@ def log_mel_image(audio: Tensor) -> np.ndarray:
 def clip_figure(
     frames: Tensor,
     audio: Tensor,
-    prediction: Tensor,
-    target: Tensor | None = None,
+    rows: dict[str, Tensor],
     *,
     num_classes: int = 1,
     frame_valid: Tensor | None = None,
@@ -78,32 +78,31 @@ def clip_figure(
     title: str = "",
     class_names: Sequence[str] | None = None,
 ) -> Figure:
-    """One clip as a grid: a column per real frame; rows: ground truth overlay (when given),
-    predicted overlay, and below them the clip's log-mel over its whole length.
+    """One clip as a grid: a column per real frame, a row of overlays per entry of ``rows``
+    (e.g. ``{"ground truth": masks, "prediction": predicted}``), and below them the clip's
+    log-mel over its whole length.
 
     Args:
         frames: [T, 3, H, W] normalised frames; ``audio``: [T, 1, 96, 64] log-mels.
-        prediction: [T, H, W] class ids (1 = sounding for S4/MS3); ``target`` likewise.
-        frame_valid: [T] bool, padding frames (False) are left out; ``mask_valid``: [T] bool,
-            frames without ground truth show the bare frame in the ground-truth row.
-        class_names: AVSS: the names of the classes in the picture are listed under it.
+        rows: label -> masks [T, H, W] of class ids (1 = sounding for S4/MS3).
+        frame_valid: [T] bool, padding frames (False) are left out.
+        mask_valid: [T] bool, frames without ground truth: the ``ground truth`` row shows them
+            bare.
+        class_names: AVSS: the names of the classes in the picture are listed under the title.
     """
     count = len(frames)
     real = list(range(count)) if frame_valid is None else frame_valid.nonzero()[:, 0].tolist()
     images = frames_to_uint8(frames)
     palette = mask_palette(num_classes)
-    rows = [("prediction", prediction)] if target is None else [("ground truth", target)]
-    if target is not None:
-        rows.append(("prediction", prediction))
     # A bare Figure, not pyplot: no backend or global state, and notebooks still display it.
     size = (1.8 * len(real) + 0.6, 1.8 * len(rows) + 1.4)
     figure = Figure(figsize=size, layout="constrained")
     grid = figure.add_gridspec(len(rows) + 1, len(real), height_ratios=[1] * len(rows) + [0.6])
-    for row, (label, masks) in enumerate(rows):
+    for row, (label, masks) in enumerate(rows.items()):
         for column, k in enumerate(real):
             axes = figure.add_subplot(grid[row, column])
-            annotated = label == "prediction" or mask_valid is None or bool(mask_valid[k])
-            shown = overlay(images[k], masks[k].cpu().numpy(), palette) if annotated else images[k]
+            bare = label == GROUND_TRUTH and mask_valid is not None and not bool(mask_valid[k])
+            shown = images[k] if bare else overlay(images[k], masks[k].cpu().numpy(), palette)
             axes.imshow(shown)
             axes.set_xticks([]), axes.set_yticks([])
             if row == 0:
@@ -117,9 +116,8 @@ def clip_figure(
     axes.tick_params(labelsize=7)
     axes.set_yticks([])
     if num_classes > 1 and class_names is not None:
-        masks = [prediction] if target is None else [prediction, target]
-        present = torch.unique(torch.cat([m.flatten().cpu() for m in masks])).tolist()
-        names = [class_names[c] for c in present if 0 < c < len(class_names)]
+        present = torch.unique(torch.cat([m[real].flatten().cpu() for m in rows.values()]))
+        names = [class_names[c] for c in present.tolist() if 0 < c < len(class_names)]
         title = f"{title}\n{', '.join(names)}" if names else title
     if title:
         figure.suptitle(title, fontsize=9)
