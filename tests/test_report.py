@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -196,3 +197,18 @@ def test_a_directory_without_finished_runs_is_refused(tiny_multirun, tmp_path, c
         report(only_failed)
     assert main([str(tmp_path / "nowhere")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_the_audio_share_of_the_tested_checkpoint_is_a_column(trained_runs):
+    files = report(trained_runs)
+    with files["csv"].open() as handle:
+        rows = list(csv.DictReader(handle))
+    shares = [
+        json.loads((trained_runs / job / "metrics.json").read_text())["metrics"]["test/audio_share"]
+        for job in ("0", "1")
+    ]
+    columns = [c for c in rows[0] if "audio share" in c]
+    assert columns and all("val" not in c for c in columns)  # the test value, not the last epoch's
+    mean_column = next(c for c in columns if "mean" in c)
+    assert float(rows[0][mean_column]) == pytest.approx(statistics.fmean(shares), abs=1e-4)
+    assert "the audio share from 0 to 1" in files["markdown"].read_text()

@@ -84,7 +84,8 @@ class ValidationOverlays(Callback):
         self.clips, self.every_n_epochs = clips, every_n_epochs
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        last_epoch = trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
+        max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        last_epoch = max_epochs is not None and trainer.current_epoch + 1 >= max_epochs
         due = (trainer.current_epoch + 1) % self.every_n_epochs == 0 or last_epoch
         if trainer.sanity_checking or not trainer.is_global_zero or not due:
             return

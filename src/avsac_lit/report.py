@@ -434,8 +434,9 @@ def report(root: Path, metrics: Sequence[str] | None = None) -> dict[str, Path]:
     failed = [run for run in runs if run.problem is not None]
     text = [f"# {table.title}", ""]
     text += [
-        f"Measured: mean ± sample standard deviation over seeds, in percent for F and mIoU "
-        f"({len(finished)} finished runs under `{root.name}/`).",
+        "Measured: mean ± sample standard deviation over seeds, in percent for F and mIoU"
+        + (", the audio share from 0 to 1" if any("audio_share" in m for m in wanted) else "")
+        + f" ({len(finished)} finished runs under `{root.name}/`).",
         "",
         markdown_table(table),
         "",
