@@ -139,13 +139,14 @@ def test_predictions_are_the_model_on_the_window_clips(checkpoint, seven_seconds
         assert ((np.asarray(mask) > 0) == expected).mean() == 1.0
 
 
-def test_avss_predictions_name_their_classes(synth_trees, tmp_path):
+def test_avss_predictions_name_their_classes_and_avss_runs_draw_overlays(synth_trees, tmp_path):
     from avsac_lit.train import train
     from tests.helpers import tiny_run
 
     run = tmp_path / "run"
     train(tiny_run("avss", synth_trees["avss"], run, ["trainer.max_epochs=1",
-          "trainer.limit_train_batches=1", "test=false", "~callbacks.overlays"]))  # fmt: skip
+          "trainer.limit_train_batches=1", "test=false"]))  # fmt: skip
+    assert list((run / "overlays" / "epoch_000").glob("*.png"))  # AVSS overlays, class colours
     frames, audio = [np.full((48, 80, 3), 90, np.uint8)] * (FPS * 3), tone(3.2)
     files = predict(run / "checkpoints" / "last.ckpt", encode(tmp_path / "a.mp4", frames, audio),
                     tmp_path / "out")  # fmt: skip
