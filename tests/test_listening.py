@@ -60,3 +60,9 @@ def test_listening_table_rows_and_gains():
     assert rows[4] == "| silence | 0.400 | 0.450 | +0.400 |"
     assert rows[5].endswith("| 0.560 | 0.580 | +0.240 |")
     assert metric_prefix("matched") == "test" and metric_prefix("silent") == "test_silent"
+    with_share = listening_table({**metrics, "test/audio_share": 0.4321}, ["matched"])
+    assert (
+        with_share.strip()
+        .splitlines()[-1]
+        .startswith("Audio share of the final feature (true audio): 0.432,")
+    )

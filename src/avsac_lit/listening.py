@@ -38,7 +38,7 @@ def listening_table(
     references: dict[str, dict[str, float]] | None = None,
 ) -> str:
     """A Markdown table: test mIoU and F per audio condition, the gain of the true audio over each
-    counterfactual, and the vision-only reference if given."""
+    counterfactual, and the vision-only reference if given; then the audio share if measured."""
     lines = [
         "| test input | mIoU | F | mIoU gain of the true audio |",
         "|---|---|---|---|",
@@ -58,6 +58,13 @@ def listening_table(
             f"| reference: vision only (all visible objects) | {vision_only['miou']:.3f} "
             f"| {vision_only['fscore']:.3f} | {gain} |"
         )
+    share = metrics.get("test/audio_share")
+    if share is not None:
+        lines += [
+            "",
+            f"Audio share of the final feature (true audio): {share:.3f}, from 0 (the audio "
+            "changes nothing) to 1 (the frames change nothing); docs/metrics.md.",
+        ]
     return "\n".join(lines) + "\n"
 
 
