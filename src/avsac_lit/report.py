@@ -286,10 +286,12 @@ def add_vision_only_reference(table: Table, runs: list[Run]) -> None:
             table.seeds[row] = set()
 
 
-def format_cell(cell: Cell | None, runs_per_row: int) -> str:
+def format_cell(cell: Cell | None, runs_per_row: int, digits: int = 2) -> str:
     if cell is None or not cell.values:
         return "–"
-    text = f"{cell.mean:.2f}" if cell.std is None else f"{cell.mean:.2f} ± {cell.std:.2f}"
+    text = f"{cell.mean:.{digits}f}"
+    if cell.std is not None:
+        text += f" ± {cell.std:.{digits}f}"
     if len(cell.values) != runs_per_row:
         text += f" (n={len(cell.values)})"
     return text
@@ -309,7 +311,8 @@ def markdown_table(table: Table) -> str:
         expected = 1 if row in table.references else len(seeds)
         line = [row]
         for column, task, metric, with_paper in table.layout():
-            line.append(format_cell(table.cells.get((row, column, metric)), expected))
+            digits = 2 if scale(metric) != 1.0 else 3  # percentages, or fractions (audio share)
+            line.append(format_cell(table.cells.get((row, column, metric)), expected, digits))
             if with_paper:
                 value = table.paper_value(row, task, metric)
                 line.append("–" if value is None else f"{value:.2f}")
