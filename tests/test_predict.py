@@ -16,7 +16,7 @@ from PIL import Image
 
 from avsac_lit.data.audio import read_wav
 from avsac_lit.inference import load_trained
-from avsac_lit.predict import VideoError, predict, read_video, window_examples, windows
+from avsac_lit.predict import VideoError, VideoReader, predict, window_examples, windows
 
 FPS = 8
 RATE = 22050  # not 16 kHz, so predict has to resample
@@ -82,21 +82,22 @@ def seven_seconds(trained_runs, tmp_path_factory) -> tuple[Path, list[np.ndarray
 
 
 def test_windows_cover_any_length_with_clips_of_the_training_length():
-    assert windows(7, 5) == [(0, 5, 0), (2, 7, 5)]  # the last window overlaps, 2 new seconds
-    assert windows(10, 5) == [(0, 5, 0), (5, 10, 5)]
-    assert windows(3, 5) == [(0, 3, 0)]
-    assert windows(12, 10) == [(0, 10, 0), (2, 12, 10)]
+    assert list(windows(range(7), 5)) == [[0, 1, 2, 3, 4], [5, 6]]
+    assert list(windows(range(10), 5)) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert list(windows(range(3), 10)) == [[0, 1, 2]]
+    assert list(windows([], 5)) == []
 
 
 def test_frames_are_sampled_at_the_avsbench_position_and_audio_resampled(seven_seconds):
     path, frames = seven_seconds
-    video = read_video(path)
-    assert video.seconds == 7 and video.fps == FPS
-    assert video.frame_indices == [8 * second + 7 for second in range(7)]  # int(8 l + 15/16 * 8)
-    for second, image in enumerate(video.frames):
+    reader = VideoReader(path)
+    sampled = list(reader.seconds())
+    assert reader.fps == FPS and [second for second, *_ in sampled] == list(range(7))
+    assert [index for _, index, _ in sampled] == [8 * s + 7 for s in range(7)]  # int(8 l + 7.5)
+    for second, index, image in sampled:
         # The sampled frame is the clip's frame, not the grey around it (H.264 is lossy).
-        assert np.abs(image.astype(int) - frames[8 * second + 7]).mean() < 8
-    assert abs(len(video.audio) - 7 * 16000) < 2048  # at 16 kHz, up to the AAC padding
+        assert np.abs(image.astype(int) - frames[index]).mean() < 8, second
+    assert abs(len(reader.audio) - 7 * 16000) < 2048  # at 16 kHz, up to the AAC padding
 
 
 def test_predict_writes_the_overlay_video_masks_and_json(checkpoint, seven_seconds, tmp_path):
@@ -125,14 +126,15 @@ def test_predict_writes_the_overlay_video_masks_and_json(checkpoint, seven_secon
 
 
 def test_predictions_are_the_model_on_the_window_clips(checkpoint, seven_seconds, tmp_path):
-    """Frame 7 comes from the second window (seconds 2-6): its mask is the model's prediction for
-    that clip's fifth frame, upsampled to the video's size."""
+    """Frame 7 comes from the second window (seconds 6-7): its mask is the model's prediction for
+    that 2-second clip's second frame, upsampled to the video's size."""
     path, _ = seven_seconds
     files = predict(checkpoint, path, tmp_path / "out")
     model = load_trained(checkpoint)
-    video = read_video(path)
-    frames = torch.stack([model.frame_tensor(Image.fromarray(f)) for f in video.frames[2:7]])
-    logits = model(frames, window_examples(video.audio, 2, 7))["logits"][4]  # [1, S, S]
+    reader = VideoReader(path)
+    images = [image for *_, image in reader.seconds()][5:7]
+    frames = torch.stack([model.frame_tensor(Image.fromarray(image)) for image in images])
+    logits = model(frames, window_examples(reader.audio, 5, 7))["logits"][1]  # [1, S, S]
     expected = torch.nn.functional.interpolate(logits[None], size=(64, 64), mode="bilinear")
     expected = (expected[0, 0].sigmoid() > 0.5).numpy()
     with Image.open(files["masks"] / "frame_0007.png") as mask:
@@ -168,9 +170,10 @@ def test_avss_predictions_name_their_classes_and_avss_runs_draw_overlays(synth_t
         ("no_video", "has no video track"),
         ("garbage", "Cannot read"),
         ("short", "shorter than one second"),
+        ("short_video", "shorter than one second"),
     ],
 )
-def test_videos_that_cannot_be_segmented_are_refused(kind, message, tmp_path):
+def test_videos_that_cannot_be_segmented_are_refused(kind, message, checkpoint, tmp_path):
     frames = [np.zeros((32, 32, 3), np.uint8)] * (FPS * 2)
     path = tmp_path / "bad.mp4"
     if kind == "no_audio":
@@ -179,16 +182,19 @@ def test_videos_that_cannot_be_segmented_are_refused(kind, message, tmp_path):
         encode(path, None, tone(2))
     elif kind == "garbage":
         path.write_bytes(b"this is not a video" * 100)
-    else:
+    elif kind == "short":
         encode(path, frames[: FPS // 2], tone(0.5))
+    else:  # two seconds of sound, but no frame at 15/16 s
+        encode(path, frames[: FPS // 2], tone(2))
     with pytest.raises(VideoError, match=message) as error:
-        read_video(path)
+        predict(checkpoint, path, tmp_path / "out")
     assert str(path) in str(error.value)
+    assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
 def test_a_missing_video_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"input=.*nowhere\.mp4"):
-        read_video(tmp_path / "nowhere.mp4")
+        VideoReader(tmp_path / "nowhere.mp4")
 
 
 def test_a_checkpoint_of_another_task_is_refused(checkpoint, seven_seconds, tmp_path):
