@@ -204,3 +204,16 @@ def test_padding_frames_get_zero_logits_like_avsegformer(kind):
         outputs = model(batch["frames"], batch["audio"], batch["frame_valid"])
     assert not outputs["logits"][:, 5:].any()
     assert outputs["logits"][:, :5].abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["avsac", "avsegformer"])
+def test_frames_of_a_clip_are_predicted_independently(kind):
+    """avsac_lit.predict relies on it: a frame's prediction does not depend on the other frames of
+    its window, so a shorter last window is a valid clip."""
+    torch.manual_seed(0)
+    model = build(kind).eval()
+    batch = batch_for(frames=5, clips=1)
+    with torch.no_grad():
+        whole = model(batch["frames"], batch["audio"], batch["frame_valid"])["logits"]
+        tail = model(batch["frames"][:, 3:], batch["audio"][:, 3:], batch["frame_valid"][:, 3:])
+    torch.testing.assert_close(tail["logits"], whole[:, 3:], atol=1e-4, rtol=1e-4)
