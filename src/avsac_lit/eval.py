@@ -15,6 +15,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from avsac_lit.inference import existing_checkpoint
 from avsac_lit.train import (
     audio_conditions,
     build_run,
@@ -31,12 +32,7 @@ log = logging.getLogger(__name__)
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test ``ckpt_path`` under each ``test_audio`` condition; returns the metrics."""
     clock = Stopwatch()
-    checkpoint = Path(cfg.ckpt_path)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(
-            f"ckpt_path={checkpoint} does not exist. Pass a checkpoint written by "
-            "avsac_lit.train, e.g. logs/train/runs/<time>/checkpoints/last.ckpt."
-        )
+    checkpoint = existing_checkpoint(cfg.ckpt_path)
     facts = run_facts(cfg)
     conditions = audio_conditions(cfg)
     datamodule, module, trainer = build_run(cfg)

@@ -96,12 +96,7 @@ def load_trained(
         ValueError: not a checkpoint of this suite, another task, or a config whose model does not
             match the weights.
     """
-    ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(
-            f"ckpt_path={ckpt_path} does not exist. Pass a checkpoint written by avsac_lit.train, "
-            "e.g. logs/train/runs/<time>/checkpoints/last.ckpt."
-        )
+    ckpt_path = existing_checkpoint(ckpt_path)
     try:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -135,6 +130,17 @@ def load_trained(
         checkpoint=ckpt_path,
         class_names=saved.get("class_names"),
     )
+
+
+def existing_checkpoint(path: str | Path) -> Path:
+    """``path`` as a Path, or a FileNotFoundError that says what to pass."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={path} does not exist. Pass a checkpoint written by avsac_lit.train, "
+            "e.g. logs/train/runs/<time>/checkpoints/last.ckpt."
+        )
+    return path
 
 
 def run_config(ckpt_path: Path, saved: dict | None, explicit: str | Path | None) -> DictConfig:
