@@ -23,8 +23,6 @@ from torch import Tensor, nn
 from avsac_lit.data.avsbench import DATASETS
 from avsac_lit.data.io import normalised_frame, resize_or_crop
 
-log = logging.getLogger(__name__)
-
 AVSBENCH_FRAME_SIZE = 224  # S4/MS3 frames were stored resized to 224 x 224 by the preprocessing
 
 
