@@ -15,7 +15,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from avsac_lit.inference import existing_checkpoint
+from avsac_lit.inference import existing_checkpoint, saved_model_name
 from avsac_lit.train import (
     audio_conditions,
     build_run,
@@ -33,6 +33,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test ``ckpt_path`` under each ``test_audio`` condition; returns the metrics."""
     clock = Stopwatch()
     checkpoint = existing_checkpoint(cfg.ckpt_path)
+    check_same_model(cfg, checkpoint)
     facts = run_facts(cfg)
     conditions = audio_conditions(cfg)
     datamodule, module, trainer = build_run(cfg)
@@ -49,6 +50,20 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if len(conditions) > 1:
         report_listening(metrics, conditions, datamodule.hparams.root, output_dir)
     return metrics
+
+
+def check_same_model(cfg: DictConfig, checkpoint: Path) -> None:
+    """Refuse to score a checkpoint as another model than the one it holds (its weights would not
+    load, with a wall of key errors)."""
+    saved = saved_model_name(checkpoint)
+    composed = (cfg.model.name, cfg.backbone.name)
+    if saved is not None and saved != composed:
+        hint = " +setting=avsegformer" if saved[0] == "avsegformer" else ""
+        raise ValueError(
+            f"{checkpoint} holds {saved[0]} on {saved[1]}, but the composed config builds "
+            f"{composed[0]} on {composed[1]}. Pass the overrides it was trained or converted "
+            f"with, e.g. +experiment=...{hint} backbone={saved[1]}."
+        )
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="eval")

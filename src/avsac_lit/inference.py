@@ -141,6 +141,21 @@ def existing_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def saved_model_name(ckpt_path: Path) -> tuple[str, str] | None:
+    """(model, backbone) names from the config a checkpoint carries; ``None`` for a checkpoint
+    without one. Memory-maps the file, so the weights are not read."""
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None  # unreadable: Lightning's own loading reports it
+    config = (
+        (checkpoint.get("avsac_lit") or {}).get("config") if isinstance(checkpoint, dict) else None
+    )
+    if not config:
+        return None
+    return config["model"]["name"], config["backbone"]["name"]
+
+
 def run_config(ckpt_path: Path, saved: dict | None, explicit: str | Path | None) -> DictConfig:
     """The run's config: ``explicit``, else the one saved in the checkpoint, else the run
     directory's ``config.yaml``."""

@@ -47,8 +47,13 @@ class VisualBackbone(nn.Module):
             whose features include those four strides.
         weights: a local checkpoint in the published format (see the module docstring).
         pretrained: fetch timm's pretrained weights instead (needs a reachable hub).
-        freeze: no gradients and normalisation layers kept in eval mode.
-        drop_path_rate: stochastic depth while trainable (AVSegFormer's PVT: 0.1).
+        freeze: no gradients (until :meth:`set_frozen` unfreezes it).
+        drop_path_rate: stochastic depth in train mode (AVSegFormer's PVT: 0.1).
+        eval_when_frozen: keep a frozen backbone in eval mode when the model trains, so that its
+            BatchNorm statistics stay fixed and drop path is off (AVSAC's frozen encoders).
+            ``False`` leaves it in the model's mode, as the official AVSegFormer does before its
+            backbone starts training: drop path stays active and ResNet's BatchNorm uses and
+            updates batch statistics.
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class VisualBackbone(nn.Module):
         pretrained: bool = False,
         freeze: bool = True,
         drop_path_rate: float = 0.0,
+        eval_when_frozen: bool = True,
     ) -> None:
         super().__init__()
         if weights is not None and pretrained:
@@ -83,6 +89,7 @@ class VisualBackbone(nn.Module):
                 "pretrained=true with a reachable hub) to reproduce the paper.",
                 name,
             )
+        self.eval_when_frozen = eval_when_frozen
         self.frozen = False
         self.set_frozen(freeze)
 
@@ -102,8 +109,7 @@ class VisualBackbone(nn.Module):
 
     def train(self, mode: bool = True) -> VisualBackbone:
         super().train(mode)
-        if self.frozen:
-            # Frozen means frozen: BatchNorm statistics must not drift while the head trains.
+        if self.frozen and self.eval_when_frozen:
             self.model.eval()
         return self
 

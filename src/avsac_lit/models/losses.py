@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
 SEG_LOSSES = ("dice", "focal_dice")
+AVSS_SEG_LOSSES = ("ce", "ce_dice")
 SYNC_LOSSES = ("none", "l2", "framewise_l2", "kl")
 
 
@@ -68,7 +69,9 @@ class AVSCriterion(nn.Module):
 
     Args:
         num_classes: 1 (S4/MS3, binary masks) or the number of AVSS classes.
-        seg: ``dice`` or ``focal_dice`` (binary tasks; AVSS uses cross-entropy + Dice).
+        seg: ``dice`` or ``focal_dice``: the loss of the binary tasks (S4, MS3).
+        avss_seg: the loss of the class masks (AVSS): ``ce``, cross-entropy as AVSegFormer, or
+            ``ce_dice``, plus Dice on the foreground probability (AVSAC's reading, docs/model.md).
         sync: ``none``, ``l2`` (clip-level: the frame-averaged F_a against the frame- and
             position-averaged F_AGV), ``framewise_l2`` (the same per frame) or ``kl`` (AVFS).
         sync_weight: weight of the synchrony term (1 in the paper).
@@ -85,6 +88,7 @@ class AVSCriterion(nn.Module):
         *,
         num_classes: int = 1,
         seg: str = "focal_dice",
+        avss_seg: str = "ce_dice",
         sync: str = "kl",
         sync_weight: float = 1.0,
         sync_softmax: Literal["channels", "positions"] = "channels",
@@ -96,9 +100,13 @@ class AVSCriterion(nn.Module):
         super().__init__()
         if seg not in SEG_LOSSES:
             raise ValueError(f"model.loss.seg={seg!r}; expected one of {', '.join(SEG_LOSSES)}.")
+        if avss_seg not in AVSS_SEG_LOSSES:
+            raise ValueError(
+                f"model.loss.avss_seg={avss_seg!r}; expected one of {', '.join(AVSS_SEG_LOSSES)}."
+            )
         if sync not in SYNC_LOSSES:
             raise ValueError(f"model.loss.sync={sync!r}; expected one of {', '.join(SYNC_LOSSES)}.")
-        self.num_classes, self.seg, self.sync = num_classes, seg, sync
+        self.num_classes, self.seg, self.avss_seg, self.sync = num_classes, seg, avss_seg, sync
         self.sync_weight, self.sync_softmax = sync_weight, sync_softmax
         self.feature_key, self.mix_weight = feature_key, mix_weight
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
@@ -136,9 +144,11 @@ class AVSCriterion(nn.Module):
                 )  # fmt: skip
                 loss = loss + focal
             return loss
-        # AVSS: per-frame cross-entropy (spatial mean, averaged over annotated frames), plus Dice
-        # on the foreground probability, since most pixels are background.
+        # AVSS: per-frame cross-entropy (spatial mean, averaged over annotated frames); with
+        # ce_dice, plus Dice on the foreground probability, since most pixels are background.
         cross_entropy = F.cross_entropy(logits, target.long())
+        if self.avss_seg == "ce":
+            return cross_entropy
         foreground = 1 - logits.softmax(dim=1)[:, 0]
         foreground_logits = torch.logit(foreground.clamp(1e-6, 1 - 1e-6))
         return cross_entropy + dice_loss(foreground_logits, target > 0)

@@ -10,11 +10,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 
-def conv_gn(
-    in_channels: int, out_channels: int, kernel_size: int = 1, bias: bool = True
-) -> nn.Sequential:
+def conv_gn(in_channels: int, out_channels: int, kernel_size: int = 1) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias),
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
         nn.GroupNorm(32, out_channels),
     )
 
@@ -32,14 +30,15 @@ class InputProjections(nn.Module):
 
 class MaskFeature(nn.Module):
     """Stride-4 per-pixel feature: the stride-8 tokens upsampled, plus a lateral of the stride-4
-    backbone level, through a 3x3 conv + GroupNorm + ReLU."""
+    backbone level, through a 3x3 conv + GroupNorm + ReLU.
+
+    Every conv keeps its bias, as in AVSegFormer: GroupNorm normalises groups of 8 channels, so a
+    per-channel bias before it does not cancel (the published weights carry one)."""
 
     def __init__(self, *, dim: int = 256) -> None:
         super().__init__()
         self.lateral = conv_gn(dim, dim)
-        self.out_conv = nn.Sequential(
-            *conv_gn(dim, dim, kernel_size=3, bias=False), nn.ReLU(inplace=True)
-        )
+        self.out_conv = nn.Sequential(*conv_gn(dim, dim, kernel_size=3), nn.ReLU(inplace=True))
 
     def forward(self, stride8: Tensor, stride4: Tensor) -> Tensor:
         """stride8 [N, dim, H/8, W/8], stride4 (projected backbone level) [N, dim, H/4, W/4]."""
