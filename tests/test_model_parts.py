@@ -114,6 +114,29 @@ def test_frozen_backbone_keeps_norms_in_eval_and_can_be_unfrozen():
     assert all(p.requires_grad for p in backbone.parameters())
 
 
+def test_frozen_backbone_in_train_mode_as_the_official_avsegformer():
+    """eval_when_frozen=false: no gradients, but BatchNorm uses and updates batch statistics and
+    drop path stays on, as the official code's "frozen" backbone before its freeze_epochs."""
+    backbone = VisualBackbone(name="resnet50", eval_when_frozen=False).train()
+    assert backbone.model.bn1.training
+    running_mean = backbone.model.bn1.running_mean.clone()
+    backbone(torch.randn(2, 3, 64, 64))
+    assert not torch.equal(backbone.model.bn1.running_mean, running_mean)
+    assert not any(p.requires_grad for p in backbone.parameters())
+    images = torch.randn(2, 3, 64, 64)
+    for eval_when_frozen, stochastic in ((False, True), (True, False)):
+        pvt = VisualBackbone(
+            name="avsac_tiny_pvt",
+            freeze=True,
+            drop_path_rate=0.5,
+            eval_when_frozen=eval_when_frozen,
+        ).train()
+        torch.manual_seed(0)
+        first = pvt(images)[-1]
+        torch.manual_seed(1)
+        assert torch.equal(first, pvt(images)[-1]) != stochastic
+
+
 def test_backbone_refuses_unknown_names_and_double_sources(tmp_path):
     with pytest.raises(ValueError, match="Unknown timm backbone 'pvt_v9'"):
         VisualBackbone(name="pvt_v9")

@@ -173,6 +173,22 @@ def test_sync_variants_are_zero_when_features_agree_and_skip_padding(sync):
         assert sync_loss == pytest.approx(0.0, abs=1e-10)
 
 
+def test_avss_losses_are_cross_entropy_with_or_without_foreground_dice():
+    batch = batch_for(frames=3, num_classes=5)
+    batch["mask_valid"][:, 1:] = False  # only the first frame of each clip is annotated
+    logits = torch.randn(2, 3, 5, SIZE, SIZE)
+    outputs = {"logits": logits}
+    labelled = logits[:, 0], batch["masks"][:, 0].long()
+    cross_entropy = torch.nn.functional.cross_entropy(*labelled)
+    official = AVSCriterion(num_classes=5, avss_seg="ce", sync="none")(outputs, batch)
+    assert torch.allclose(official["seg"], cross_entropy)
+    ours = AVSCriterion(num_classes=5, avss_seg="ce_dice", sync="none")(outputs, batch)
+    foreground = torch.logit((1 - labelled[0].softmax(dim=1)[:, 0]).clamp(1e-6, 1 - 1e-6))
+    assert torch.allclose(ours["seg"], cross_entropy + dice_loss(foreground, labelled[1] > 0))
+    with pytest.raises(ValueError, match=r"model\.loss\.avss_seg='dice'"):
+        AVSCriterion(avss_seg="dice")
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match=r"model\.bavd\.bridge='both'"):
         BAVD(bridge="both")

@@ -39,6 +39,34 @@ def test_paper_experiments_use_the_paper_settings(experiment, epochs, img_size, 
     assert cfg.model.bavd.num_layers == 6 and cfg.backbone.name == "pvt_v2_b5" and cfg.seed == 123
 
 
+@pytest.mark.parametrize(
+    ("experiment", "batch", "unfreeze_at", "avss_seg"),
+    [("s4", 2, 5, "ce"), ("ms3", 2, 10, "ce"), ("avss", 4, 0, "ce")],
+)
+def test_the_avsegformer_setting_is_the_official_recipe(
+    experiment, batch, unfreeze_at, avss_seg, tmp_path
+):
+    cfg = compose_config("train", [f"+experiment={experiment}", "+setting=avsegformer"], tmp_path)
+    assert cfg.model.name == "avsegformer" and cfg.model.optimizer.lr == 2e-5
+    assert cfg.data.train_batch_size == cfg.data.eval_batch_size == batch
+    assert cfg.callbacks.unfreeze_backbone.epochs == unfreeze_at
+    assert cfg.backbone.eval_when_frozen is False and cfg.backbone.drop_path_rate == 0.1
+    loss = cfg.model.loss
+    assert (loss.seg, loss.avss_seg, loss.sync, loss.mix_weight) == ("dice", avss_seg, "none", 0.1)
+    # AVSAC keeps the paper's: batch 4, frozen encoders in eval mode, no backbone schedule.
+    avsac = compose_config("train", [f"+experiment={experiment}"], tmp_path)
+    assert avsac.data.train_batch_size == 4 and avsac.backbone.eval_when_frozen is True
+    assert "unfreeze_backbone" not in avsac.callbacks
+
+
+def test_the_twin_baseline_has_the_official_batch_and_trains_its_backbone_at_once(tmp_path):
+    cfg = compose_config(
+        "train", ["+table=synthetic_table2", "setting=avsegformer_small"], tmp_path
+    )
+    assert cfg.model.name == "avsegformer" and cfg.data.train_batch_size == 2
+    assert cfg.callbacks.unfreeze_backbone is None and cfg.backbone.freeze is False
+
+
 def test_debug_config_appended_after_the_experiment_wins(tmp_path):
     cfg = compose_config("train", ["+experiment=ms3", "+debug=fdr"], tmp_path)
     assert cfg.trainer.fast_dev_run is True
