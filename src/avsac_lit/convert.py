@@ -19,7 +19,6 @@ The official model and ours give the same logits for the same weights and inputs
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import sys
@@ -32,6 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor
 
+from avsac_lit.data.avsbench import read_class_names
 from avsac_lit.inference import quiet
 from avsac_lit.models.weights import load_checkpoint_file
 from avsac_lit.utils import build_module, source_version
@@ -39,7 +39,7 @@ from avsac_lit.utils import build_module, source_version
 log = logging.getLogger(__name__)
 
 SETTING = "avsegformer"  # experiments/setting/avsegformer.yaml: the model and its recipe
-TASK_CLASSES = {"s4": 1, "ms3": 1}  # AVSS: 71 for AVSBench, or label2idx.json's count
+BINARY_TASKS = ("s4", "ms3")  # one class; AVSS has label2idx.json's count (71 for AVSBench)
 
 # Official key (regular expression, matched from the start; the first that matches applies) ->
 # our key under the LightningModule's ``net``. Official modules: model/AVSegFormer.py,
@@ -238,10 +238,7 @@ def file_digest(path: Path) -> str:
 def avss_class_names(cfg: DictConfig) -> list[str] | None:
     """The AVSS class names from the data root's ``label2idx.json``, when the root is there."""
     path = Path(cfg.data.root) / "label2idx.json"
-    if not path.is_file():
-        return None
-    label_to_index = json.loads(path.read_text())
-    return sorted(label_to_index, key=label_to_index.__getitem__)
+    return read_class_names(path) if path.is_file() else None
 
 
 def convert(cfg: DictConfig) -> Path:
@@ -256,7 +253,7 @@ def convert(cfg: DictConfig) -> Path:
         )
     task = cfg.data.task
     classes = classes_of(official, str(source))
-    if TASK_CLASSES.get(task, classes) != classes or (task == "avss" and classes == 1):
+    if (classes == 1) != (task in BINARY_TASKS):
         raise ConversionError(
             f"{source} predicts {classes} class{'es' if classes > 1 else ''}, which is not a "
             f"{task} model (S4 and MS3: 1, AVSS: 71): give the +experiment= of its task."

@@ -102,6 +102,20 @@ def resolve_root(task: str, root: str | Path) -> Path:
     )
 
 
+def read_class_names(path: Path) -> list[str]:
+    """AVSS class names in class order from ``label2idx.json`` (name -> 1..N, background 1)."""
+    with path.open() as handle:
+        label_to_index = json.load(handle)
+    indices = sorted(label_to_index.values())
+    if indices != list(range(1, len(indices) + 1)) or label_to_index.get("background") != 1:
+        raise ValueError(
+            f"{path} must map class names to 1..N with background = 1 (AVSBench-semantic uses "
+            f"1..71); found indices {indices[:5]}... and background = "
+            f"{label_to_index.get('background')}."
+        )
+    return sorted(label_to_index, key=label_to_index.__getitem__)
+
+
 def read_csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     with path.open(newline="") as handle:
         rows = [row for row in csv.reader(handle) if row]
@@ -356,16 +370,7 @@ class AVSSDataset(AVSBenchDataset):
         path = self.root / "label2idx.json"
         if not path.is_file():
             self._layout_error(path)
-        with path.open() as handle:
-            label_to_index = json.load(handle)
-        indices = sorted(label_to_index.values())
-        if indices != list(range(1, len(indices) + 1)) or label_to_index.get("background") != 1:
-            raise ValueError(
-                f"{path} must map class names to 1..N with background = 1 (AVSBench-semantic uses "
-                f"1..71); found indices {indices[:5]}... and background = "
-                f"{label_to_index.get('background')}."
-            )
-        return sorted(label_to_index, key=label_to_index.__getitem__)
+        return read_class_names(path)
 
     def _read_clips(self) -> list[Clip]:
         path, (uid, label), rows = self._split_rows("uid", "label")
