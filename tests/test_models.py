@@ -173,6 +173,26 @@ def test_sync_variants_are_zero_when_features_agree_and_skip_padding(sync):
         assert sync_loss == pytest.approx(0.0, abs=1e-10)
 
 
+@pytest.mark.parametrize("sync", ["l2", "framewise_l2", "kl"])
+def test_sync_detach_audio_stops_the_gradient_into_f_a_only(sync):
+    batch = batch_for(frames=2)
+    gradients = {}
+    for detach in (True, False):
+        audio = torch.randn(2, 2, 3, 8, generator=torch.Generator().manual_seed(0))
+        feature = torch.randn(2, 2, 8, 2, 2, generator=torch.Generator().manual_seed(1))
+        audio.requires_grad_(True)
+        feature.requires_grad_(True)
+        logits = torch.zeros(2, 2, 1, SIZE, SIZE)
+        outputs = {"logits": logits, "audio_queries": audio, "agv": feature}
+        criterion = AVSCriterion(sync=sync, seg="dice", sync_detach_audio=detach)
+        criterion(outputs, batch)["loss"].backward()
+        gradients[detach] = (audio.grad, feature.grad)
+    assert gradients[True][0] is None  # the loss no longer reaches F_a
+    assert gradients[False][0].abs().sum() > 0
+    # F_AGV gets the same gradient either way: only the reference's side changes.
+    assert torch.equal(gradients[True][1], gradients[False][1])
+
+
 def test_avss_losses_are_cross_entropy_with_or_without_foreground_dice():
     batch = batch_for(frames=3, num_classes=5)
     batch["mask_valid"][:, 1:] = False  # only the first frame of each clip is annotated
@@ -208,7 +228,10 @@ def test_parameter_budgets_with_pvt_v2_b5():
         return dict(visual=VisualBackbone(name="pvt_v2_b5"), audio=AudioEncoder())
 
     assert 183.0 <= total(AVSegFormer(**encoders())) <= 187.0
-    assert 178.0 <= total(AVSAC(bavd=BAVD(), **encoders())) <= 184.0
+    # The official AVSegFormer code counts 2.10M of head modules it never calls (head.fpn,
+    # head.attn_fc); AVSAC, built on that code, is counted the same way for the paper's 181M.
+    # With the VGA FFN (vga_ffn=true) the same count gives 185.8M.
+    assert 179.0 <= total(AVSAC(bavd=BAVD(), **encoders())) + 2.10 <= 183.0
 
 
 @pytest.mark.parametrize("kind", ["avsac", "avsegformer"])

@@ -65,12 +65,13 @@ class VGALayer(nn.Module):
 
     Args:
         ffn: follow the cross-attention with an FFN, as a transformer decoder layer without its
-            self-attention (our reading of "only cross attention layers"; see docs/model.md).
+            self-attention. Off by default: the paper's VGA branch has "only cross attention
+            layers", and its parameter count agrees (docs/design_log.md).
     """
 
     def __init__(
         self, *, dim: int = 256, heads: int = 8, hidden_dim: int = 2048, dropout: float = 0.1,
-        ffn: bool = True,
+        ffn: bool = False,
     ) -> None:  # fmt: skip
         super().__init__()
         self.cross_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
@@ -90,12 +91,13 @@ class BAVD(nn.Module):
         num_layers: layers per tower (Table 5: 2, 4, 6).
         bridge: ``bidirectional``, ``audio_to_vision`` or ``vision_to_audio``.
         agca: audio-guided cross-attention in the AGV tower.
-        vga_ffn: an FFN after each VGA cross-attention.
+        vga_ffn: an FFN after each VGA cross-attention (off: the paper's VGA is cross-attention
+            only).
     """
 
     def __init__(
         self, *, num_layers: int = 6, bridge: Bridge = "bidirectional", agca: bool = True,
-        vga_ffn: bool = True, dim: int = 256, heads: int = 8, points: int = 4,
+        vga_ffn: bool = False, dim: int = 256, heads: int = 8, points: int = 4,
         hidden_dim: int = 2048, dropout: float = 0.1,
     ) -> None:  # fmt: skip
         super().__init__()

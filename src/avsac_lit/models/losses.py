@@ -76,6 +76,9 @@ class AVSCriterion(nn.Module):
             position-averaged F_AGV), ``framewise_l2`` (the same per frame) or ``kl`` (AVFS).
         sync_weight: weight of the synchrony term (1 in the paper).
         sync_softmax: AVFS distribution axis, see :func:`avfs_loss`.
+        sync_detach_audio: stop the synchrony loss's gradient into F_a, so F_a is the reference
+            that F_AGV approximates (the paper's "approximate an audio distribution with a visual
+            one"; docs/design_log.md). False lets the loss move F_a towards F_AGV as well.
         feature_key: the model output the synchrony reads (``agv`` for AVSAC, ``mask_feature``
             for AVSegFormer).
         mix_weight: AVSegFormer's auxiliary Dice on the channel-mean of the mask feature (0.1
@@ -92,6 +95,7 @@ class AVSCriterion(nn.Module):
         sync: str = "kl",
         sync_weight: float = 1.0,
         sync_softmax: Literal["channels", "positions"] = "channels",
+        sync_detach_audio: bool = True,
         feature_key: str = "agv",
         mix_weight: float = 0.0,
         focal_alpha: float = 0.25,
@@ -108,6 +112,7 @@ class AVSCriterion(nn.Module):
             raise ValueError(f"model.loss.sync={sync!r}; expected one of {', '.join(SYNC_LOSSES)}.")
         self.num_classes, self.seg, self.avss_seg, self.sync = num_classes, seg, avss_seg, sync
         self.sync_weight, self.sync_softmax = sync_weight, sync_softmax
+        self.sync_detach_audio = sync_detach_audio
         self.feature_key, self.mix_weight = feature_key, mix_weight
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
 
@@ -155,6 +160,8 @@ class AVSCriterion(nn.Module):
 
     def synchrony(self, audio_queries: Tensor, feature: Tensor, real: Tensor) -> Tensor:
         audio, feature = audio_queries[real], feature[real]  # [n, Q, C], [n, C, h, w]
+        if self.sync_detach_audio:
+            audio = audio.detach()
         if self.sync == "kl":
             return avfs_loss(audio, feature, self.sync_softmax)
         audio_vector, visual_vector = audio.mean(dim=1), feature.mean(dim=(2, 3))  # [n, C]
