@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from functools import partial
+from types import SimpleNamespace
 
+import pytest
 import torch
+from torch import Tensor
 
 from avsac_lit.models.avsac import AVSAC
 from avsac_lit.models.backbone import VisualBackbone
@@ -14,7 +17,9 @@ from avsac_lit.models.vggish import AudioEncoder
 from avsac_lit.module import AVSLitModule
 
 
-def small_module(num_classes: int = 1, freeze_visual: bool = True) -> AVSLitModule:
+def small_module(
+    num_classes: int = 1, freeze_visual: bool = True, warmup_steps: int = 0
+) -> AVSLitModule:
     net = AVSAC(
         visual=VisualBackbone(name="avsac_tiny_pvt", freeze=freeze_visual),
         audio=AudioEncoder(dim=32),
@@ -25,6 +30,7 @@ def small_module(num_classes: int = 1, freeze_visual: bool = True) -> AVSLitModu
         net=net,
         criterion=AVSCriterion(num_classes=num_classes),
         optimizer=partial(torch.optim.AdamW, lr=1e-3),
+        warmup_steps=warmup_steps,
     )
 
 
@@ -60,3 +66,26 @@ def test_avss_scoring_adds_padding_frames_only_when_asked():
     assert module.scored_frames(batch, "train").tolist() == [[True, True, False, False]]
     module.hparams.eval_padding_frames = False
     assert module.scored_frames(batch, "test").tolist() == [[True, True, False, False]]
+
+
+def test_warmup_ramps_the_scheduled_rate_without_changing_it():
+    module = small_module(warmup_steps=4)
+    weight = torch.nn.Parameter(torch.zeros(()))
+    optimizer = torch.optim.SGD([weight], lr=0.5)
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = -weight  # gradient -1: each step moves the weight up by the rate used
+        loss.backward()
+        return loss
+
+    moves = []
+    for step in range(6):
+        object.__setattr__(module, "_trainer", SimpleNamespace(global_step=step))
+        before = weight.item()
+        module.optimizer_step(0, step, optimizer, closure)
+        moves.append(weight.item() - before)
+        assert optimizer.param_groups[0]["lr"] == 0.5  # what the scheduler set stays set
+    assert moves == pytest.approx([0.125, 0.25, 0.375, 0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match=r"model\.warmup_steps=-1"):
+        small_module(warmup_steps=-1)

@@ -47,6 +47,10 @@ class AVSLitModule(L.LightningModule):
             encoders take no optimiser state.
         scheduler: an optional partial LR scheduler, called with the optimiser.
         scheduler_interval: ``epoch`` or ``step``: when the scheduler steps.
+        warmup_steps: optimiser steps over which the learning rate ramps linearly from
+            1/warmup_steps of the scheduled rate to all of it (0: none). It scales whatever the
+            scheduler sets, without changing the scheduler's own state; the logged ``lr-AdamW``
+            is the scheduled rate.
         eval_padding_frames: AVSS: also score the padding frames of 5-frame clips (as all
             background, with the zeroed logits the model gives them), as the reference does, so
             numbers compare with published ones (docs/metrics.md, quirk 10).
@@ -70,6 +74,7 @@ class AVSLitModule(L.LightningModule):
         optimizer: Callable[[Iterable[Tensor]], Optimizer],
         scheduler: Callable[[Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
         scheduler_interval: str = "epoch",
+        warmup_steps: int = 0,
         eval_padding_frames: bool = True,
         audio_share_batches: int | None = 16,
     ) -> None:
@@ -79,6 +84,8 @@ class AVSLitModule(L.LightningModule):
                 f"model.audio_share_batches={audio_share_batches}; expected a number of batches "
                 ">= 0 (0 turns the measurement off) or null for every batch."
             )
+        if warmup_steps < 0:
+            raise ValueError(f"model.warmup_steps={warmup_steps}; expected a number of steps >= 0.")
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(
                 f"model.scheduler_interval={scheduler_interval!r}; expected 'epoch' or 'step'."
@@ -221,6 +228,24 @@ class AVSLitModule(L.LightningModule):
             "config": self.run_config,
             "class_names": getattr(datamodule, "class_names", None),
         }
+
+    def warmup_factor(self) -> float:
+        """The share of the scheduled learning rate the next optimiser step uses."""
+        warmup = self.hparams.warmup_steps
+        return min(1.0, (self.trainer.global_step + 1) / warmup) if warmup else 1.0
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        factor = self.warmup_factor()
+        if factor == 1.0:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        scheduled = [group["lr"] for group in optimizer.param_groups]
+        for group, lr in zip(optimizer.param_groups, scheduled, strict=True):
+            group["lr"] = lr * factor
+        try:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        finally:  # the scheduler keeps computing from its own rates
+            for group, lr in zip(optimizer.param_groups, scheduled, strict=True):
+                group["lr"] = lr
 
     def configure_optimizers(self) -> dict:
         trainable = [p for p in self.trainer.model.parameters() if p.requires_grad]

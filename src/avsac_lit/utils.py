@@ -112,6 +112,7 @@ def build_module(cfg: DictConfig) -> AVSLitModule:
         optimizer=instantiate(model.optimizer),
         scheduler=instantiate(model.scheduler) if model.get("scheduler") else None,
         scheduler_interval=model.get("scheduler_interval", "epoch"),
+        warmup_steps=model.get("warmup_steps", 0),
         eval_padding_frames=model.get("eval_padding_frames", True),
         audio_share_batches=model.get("audio_share_batches", 16),
     )
