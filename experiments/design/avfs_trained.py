@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from statistics import fmean
 
 import torch
 from hydra.utils import instantiate
@@ -58,12 +59,11 @@ def probe(run: Path, batches: int = 12) -> dict[str, float]:
         )
         cosines.append(cosine.mean().item())
     pooled = torch.cat(pooled)
-    mean = lambda values: sum(values) / len(values)  # noqa: E731
     return {
-        "kl": mean(kls),
+        "kl": fmean(kls),
         "fa_spread": (pooled.std(dim=0).norm() / pooled.norm(dim=1).mean()).item(),
-        "scalar_share": mean(scalar_shares),
-        "profile_cos": mean(cosines),
+        "scalar_share": fmean(scalar_shares),
+        "profile_cos": fmean(cosines),
     }
 
 
