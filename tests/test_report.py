@@ -187,6 +187,33 @@ def test_a_report_of_means_and_stds_matches_a_hand_computation(tmp_path):
     assert "| all runs | 80.00 ± 0.00 | 65.00 ± 7.07 | 1, 2 |" in text
 
 
+def test_a_table_completed_in_a_sub_folder_keeps_the_papers_row_order_and_both_commands(tmp_path):
+    # A sweep of 4 and 6 layers, then 2 layers added in a sub-folder: found as 4, 6, 2.
+    paper = {f"{n} layers": {"s4": {"miou": 80.0 + n}} for n in (2, 4, 6)}
+    for index, layers in (("0", 4), ("1", 6), ("more/0", 2)):
+        run = tmp_path / index
+        (run / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create([f"model.bavd.num_layers={layers}"]),
+                       run / ".hydra/overrides.yaml")  # fmt: skip
+        config = {"seed": 1, "data": {"task": "s4", "synthetic": None},
+                  "report": {"row": f"{layers} layers", "paper": paper}}  # fmt: skip
+        OmegaConf.save(OmegaConf.create(config), run / "config.yaml")
+        record = {"metrics": {"test/miou": 0.5, "test/f": 0.6}, "task": "s4", "seed": 1}
+        (run / "metrics.json").write_text(json.dumps(record))
+    OmegaConf.save({"hydra": {"overrides": {"task": ["model.bavd.num_layers=4,6"]}}},
+                   tmp_path / "multirun.yaml")  # fmt: skip
+    OmegaConf.save({"hydra": {"overrides": {"task": ["model.bavd.num_layers=2"]}}},
+                   tmp_path / "more/multirun.yaml")  # fmt: skip
+    lines = report(tmp_path)["markdown"].read_text().splitlines()
+    assert "- Command: `python -m avsac_lit.train -m model.bavd.num_layers=4,6`" in lines
+    assert (
+        "- Command: `python -m avsac_lit.train -m model.bavd.num_layers=2` (runs under `more/`)"
+        in lines
+    )
+    order = [line.split(" |")[0].lstrip("| ") for line in lines if " layers |" in line]
+    assert order == ["2 layers", "4 layers", "6 layers"]
+
+
 def test_a_directory_without_finished_runs_is_refused(tiny_multirun, tmp_path, capsys):
     with pytest.raises(ReportError, match="no finished runs"):
         report(tmp_path)

@@ -257,6 +257,10 @@ def build_table(runs: list[Run], metrics: Sequence[str]) -> Table:
     first = finished[0]
     title = first.select("report.title") or first.select("group") or "Multirun"
     paper = first.select("report.paper") or {}
+    # Runs are found in directory order, which a sweep extended later (a row added in a
+    # sub-folder) scrambles; the paper's rows give the order a reader compares against.
+    paper_order = {row: index for index, row in enumerate(paper)}
+    rows.sort(key=lambda row: paper_order.get(row, len(paper_order)))
     table = Table(title=str(title), rows=rows, columns=columns, metrics=list(metrics),
                   cells=cells, paper=paper, seeds=seeds)  # fmt: skip
     add_vision_only_reference(table, finished)
@@ -390,10 +394,12 @@ def plot(table: Table, metric: str, path: Path) -> None:
 def provenance(root: Path, runs: list[Run]) -> list[str]:
     """Where the numbers come from: the command, the code, the machine, the time spent."""
     lines = []
-    multirun = root / "multirun.yaml"
-    if multirun.exists():
+    # A table completed by a second sweep in a sub-folder has one multirun.yaml per sweep.
+    for multirun in sorted(root.rglob("multirun.yaml"), key=lambda p: natural_key(p.parent)):
         task = OmegaConf.select(OmegaConf.load(multirun), "hydra.overrides.task") or []
-        lines.append(f"- Command: `python -m avsac_lit.train -m {' '.join(task)}`")
+        where = multirun.parent.relative_to(root).as_posix()
+        suffix = "" if where == "." else f" (runs under `{where}/`)"
+        lines.append(f"- Command: `python -m avsac_lit.train -m {' '.join(task)}`{suffix}")
     records = [run.record for run in runs if run.record]
     for key, name in (("commit", "Commit"), ("hardware", "Hardware"), ("torch", "torch")):
         seen = sorted({str(r.get(key)) for r in records if r.get(key)})
