@@ -187,8 +187,9 @@ def test_a_report_of_means_and_stds_matches_a_hand_computation(tmp_path):
     assert "| all runs | 80.00 ± 0.00 | 65.00 ± 7.07 | 1, 2 |" in text
 
 
-def test_a_table_completed_in_a_sub_folder_keeps_the_papers_row_order_and_both_commands(tmp_path):
-    # A sweep of 4 and 6 layers, then 2 layers added in a sub-folder: found as 4, 6, 2.
+def test_a_table_completed_in_a_sub_folder_is_reported_as_one(tmp_path):
+    # A sweep of 4 and 6 layers, then 2 and 8 layers in a sub-folder, of which 8 never started:
+    # the runs are found as 4, 6, 2.
     paper = {f"{n} layers": {"s4": {"miou": 80.0 + n}} for n in (2, 4, 6)}
     for index, layers in (("0", 4), ("1", 6), ("more/0", 2)):
         run = tmp_path / index
@@ -202,14 +203,15 @@ def test_a_table_completed_in_a_sub_folder_keeps_the_papers_row_order_and_both_c
         (run / "metrics.json").write_text(json.dumps(record))
     OmegaConf.save({"hydra": {"overrides": {"task": ["model.bavd.num_layers=4,6"]}}},
                    tmp_path / "multirun.yaml")  # fmt: skip
-    OmegaConf.save({"hydra": {"overrides": {"task": ["model.bavd.num_layers=2"]}}},
+    OmegaConf.save({"hydra": {"overrides": {"task": ["model.bavd.num_layers=2,8"]}}},
                    tmp_path / "more/multirun.yaml")  # fmt: skip
     lines = report(tmp_path)["markdown"].read_text().splitlines()
     assert "- Command: `python -m avsac_lit.train -m model.bavd.num_layers=4,6`" in lines
     assert (
-        "- Command: `python -m avsac_lit.train -m model.bavd.num_layers=2` (runs under `more/`)"
+        "- Command: `python -m avsac_lit.train -m model.bavd.num_layers=2,8` (runs under `more/`)"
         in lines
     )
+    assert any("never started: `model.bavd.num_layers=8`" in line for line in lines)
     order = [line.split(" |")[0].lstrip("| ") for line in lines if " layers |" in line]
     assert order == ["2 layers", "4 layers", "6 layers"]
 

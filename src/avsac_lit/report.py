@@ -145,22 +145,28 @@ def find_runs(root: Path) -> list[Run]:
     return [read_run(p) for p in sorted(paths, key=natural_key)]
 
 
+def multiruns(root: Path) -> list[Path]:
+    """Every sweep's ``multirun.yaml`` under ``root``: a table completed by a second sweep in a
+    sub-folder has one per sweep."""
+    return sorted(root.rglob("multirun.yaml"), key=lambda path: natural_key(path.parent))
+
+
 def expected_jobs(root: Path) -> list[list[str]]:
-    """The jobs a multirun was asked for, from its ``multirun.yaml``: the sweep of
+    """The jobs the multiruns were asked for, from their ``multirun.yaml``: the sweep of
     ``hydra.sweeper.params`` and the command line, combined as Hydra's basic sweeper does."""
-    multirun = root / "multirun.yaml"
-    if not multirun.exists():
-        return []
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    cfg = OmegaConf.load(multirun)
-    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
-    arguments = [f"{key}={value}" for key, value in params.items()]
-    arguments += list(OmegaConf.select(cfg, "hydra.overrides.task") or [])
-    parsed = OverridesParser.create().parse_overrides(arguments)
-    batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
-    return [job for batch in batches for job in batch]
+    jobs = []
+    for multirun in multiruns(root):
+        cfg = OmegaConf.load(multirun)
+        params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+        arguments = [f"{key}={value}" for key, value in params.items()]
+        arguments += list(OmegaConf.select(cfg, "hydra.overrides.task") or [])
+        parsed = OverridesParser.create().parse_overrides(arguments)
+        batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+        jobs += [job for batch in batches for job in batch]
+    return jobs
 
 
 def check_runs(root: Path, runs: list[Run], metrics: Sequence[str]) -> list[str]:
@@ -394,8 +400,7 @@ def plot(table: Table, metric: str, path: Path) -> None:
 def provenance(root: Path, runs: list[Run]) -> list[str]:
     """Where the numbers come from: the command, the code, the machine, the time spent."""
     lines = []
-    # A table completed by a second sweep in a sub-folder has one multirun.yaml per sweep.
-    for multirun in sorted(root.rglob("multirun.yaml"), key=lambda p: natural_key(p.parent)):
+    for multirun in multiruns(root):
         task = OmegaConf.select(OmegaConf.load(multirun), "hydra.overrides.task") or []
         where = multirun.parent.relative_to(root).as_posix()
         suffix = "" if where == "." else f" (runs under `{where}/`)"
