@@ -26,6 +26,9 @@ test: install ## Run the default test suite (no slow tests)
 test-full: install ## Run every test, slow ones included
 	$(PY) -m pytest
 
+wheel-check: ## Build the wheel, install it in a fresh venv, run train, eval and predict from elsewhere
+	bash .ci/wheel_check
+
 lint: install ## ruff lint and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -38,4 +41,4 @@ clean: ## Remove caches and build files (keeps .venv and data)
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install demo test test-full lint format clean
+.PHONY: help install demo test test-full wheel-check lint format clean

@@ -17,7 +17,7 @@ TINY_SIZE = 64
 
 @pytest.fixture(autouse=True)
 def _isolated_audio_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
-    # Never write log-mel caches into the user's home directory from a test.
+    # Never write derived files into the user's cache (or the working directory) from a test.
     monkeypatch.setenv("AVSAC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "avsac_cache"))
 
 

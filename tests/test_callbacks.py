@@ -64,12 +64,13 @@ def test_negative_epochs_are_refused():
 
 
 def test_callback_config_instantiates():
-    from pathlib import Path
 
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    conf = Path(__file__).resolve().parents[1] / "conf" / "callbacks" / "unfreeze_backbone.yaml"
+    from tests.helpers import CONF
+
+    conf = CONF / "callbacks" / "unfreeze_backbone.yaml"
     callback = instantiate(OmegaConf.load(conf).unfreeze_backbone)
     assert isinstance(callback, UnfreezeBackbone)
     assert callback.epochs == 5

@@ -8,9 +8,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from avsac_lit.build import compose_config
 from avsac_lit.data import AVSDataModule
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from avsac_lit.data.logmel import LogMelCache, default_cache_dir
+from tests.helpers import CONF
 
 
 @pytest.mark.parametrize(
@@ -48,3 +49,15 @@ def test_synthetic_config_generates_and_loads(tmp_path, monkeypatch):
     batch = next(iter(datamodule.test_dataloader()))
     assert batch["frames"].shape == (1, 5, 3, 32, 32)
     assert (tmp_path / "data" / "synthavs-s4" / "manifest.json").is_file()
+
+
+def test_runs_and_the_precompute_tool_share_one_cache_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("AVSAC_CACHE_DIR", str(tmp_path / "moved"))
+    cfg = compose_config("train", ["+experiment=avss"])
+    assert Path(cfg.data.cache_dir) == default_cache_dir() == tmp_path / "moved"
+    monkeypatch.delenv("AVSAC_CACHE_DIR")
+    monkeypatch.delenv("AVSAC_ROOT", raising=False)
+    cfg = compose_config("train", ["+experiment=avss"])
+    assert Path(cfg.data.cache_dir) == default_cache_dir() == Path("data/.cache")
+    cache = LogMelCache(default_cache_dir())
+    assert cache.cache_dir == Path("data/.cache/log_mel")  # log-mels in their own sub-folder

@@ -120,7 +120,7 @@ def test_palette_and_decoding_follow_pascal_voc():
 
 def test_wav_fallback_equals_the_published_pickle(synth_copy, tmp_path):
     root = synth_copy("s4")
-    dataset = build_dataset("s4", root, "val", img_size=IMG, audio_cache_dir=tmp_path / "cache")
+    dataset = build_dataset("s4", root, "val", img_size=IMG, cache_dir=tmp_path / "cache")
     with_pickle = dataset[0]["audio"]
     pickle_path, _ = dataset.audio_paths(dataset.clips[0])
     pickle_path.unlink()
@@ -132,7 +132,7 @@ def test_log_mel_cache_computes_once_and_notices_a_new_wav(synth_copy, tmp_path,
     calls = []
     real = logmel_module.wav_to_examples
     monkeypatch.setattr(logmel_module, "wav_to_examples", lambda p: calls.append(p) or real(p))
-    dataset = build_dataset("avss", root, "val", img_size=IMG, audio_cache_dir=tmp_path / "cache")
+    dataset = build_dataset("avss", root, "val", img_size=IMG, cache_dir=tmp_path / "cache")
     first = dataset[0]["audio"]
     dataset[0]
     assert len(calls) == 1
@@ -143,7 +143,7 @@ def test_log_mel_cache_computes_once_and_notices_a_new_wav(synth_copy, tmp_path,
 
 def test_precompute_fills_the_cache_for_a_whole_split(synth_copy, tmp_path):
     root = synth_copy("avss")
-    dataset = build_dataset("avss", root, "train", img_size=IMG, audio_cache_dir=tmp_path / "c")
+    dataset = build_dataset("avss", root, "train", img_size=IMG, cache_dir=tmp_path / "c")
     assert dataset.precompute_audio() == len(dataset)
     assert len(list((tmp_path / "c").rglob("*.pt"))) == len(dataset)
 
@@ -261,7 +261,7 @@ def test_datamodule_generates_once_and_batches(tmp_path: Path):
         img_size=IMG,
         train_batch_size=3,
         num_workers=0,
-        audio_cache_dir=tmp_path / "cache",
+        cache_dir=tmp_path / "cache",
         synthetic={"videos": 6, "seed": 1, "size": TINY_SIZE},
     )
     datamodule.prepare_data()

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from avsac_lit.counterfactual import listening_table, metric_prefix
 from avsac_lit.data import build_dataset
 from avsac_lit.data.audio import LOG_OFFSET
 from avsac_lit.data.conditions import AudioCondition, silent_example
-from avsac_lit.listening import listening_table, metric_prefix
 
 
 def test_silent_example_is_the_log_offset_everywhere():

@@ -1,26 +1,22 @@
-"""The model configs compose into the models, and the summary tool reports on them."""
+"""The model configs compose into the models, and the model-cost tool reports on them."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from avsac_lit.build import compose_config
 from avsac_lit.models.avsac import AVSAC
 from avsac_lit.models.avsegformer import AVSegFormer
 from avsac_lit.models.losses import AVSCriterion
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
 
 def compose_summary(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="summary", overrides=overrides)
+    return compose_config("model_cost", overrides)
 
 
 @pytest.mark.parametrize("model", ["avsac", "avsegformer"])
@@ -35,9 +31,9 @@ def test_override_names_reach_the_built_modules():
     cfg = compose_summary(
         [
             "backbone=tiny",
-            "model.bavd.bridge=audio_to_vision",
-            "model.bavd.agca=false",
-            "model.bavd.num_layers=2",
+            "model.net.bridge=audio_to_vision",
+            "model.net.agca=false",
+            "model.net.decoder_layers=2",
             "model.loss.sync=framewise_l2",
             "model.loss.seg=dice",
             "model.num_classes=3",
@@ -65,7 +61,7 @@ def test_summary_prints_counts_and_ends_with_json():
     command = [
         sys.executable,
         "-m",
-        "avsac_lit.summary",
+        "avsac_lit.model_cost",
         "backbone=tiny",
         "task=avss",
         "img_size=64",

@@ -20,6 +20,7 @@ SIZE = 64
 
 
 def build(kind: str, num_classes: int = 1, layers: int = 2, **bavd) -> torch.nn.Module:
+    """A small AVSAC (``bavd``: its BAVD settings) or AVSegFormer."""
     common = dict(
         visual=VisualBackbone(name="avsac_tiny_pvt"),
         audio=AudioEncoder(),
@@ -29,7 +30,7 @@ def build(kind: str, num_classes: int = 1, layers: int = 2, **bavd) -> torch.nn.
         mlp_hidden=64,
     )
     if kind == "avsac":
-        return AVSAC(bavd=BAVD(num_layers=layers, **bavd), **common)
+        return AVSAC(decoder_layers=layers, **bavd, **common)
     return AVSegFormer(encoder_layers=layers, decoder_layers=layers, **common)
 
 
@@ -210,7 +211,7 @@ def test_avss_losses_are_cross_entropy_with_or_without_foreground_dice():
 
 
 def test_bad_settings_are_refused():
-    with pytest.raises(ValueError, match=r"model\.bavd\.bridge='both'"):
+    with pytest.raises(ValueError, match=r"model\.net\.bridge='both'"):
         BAVD(bridge="both")
     with pytest.raises(ValueError, match=r"model\.loss\.sync='cosine'"):
         AVSCriterion(sync="cosine")
@@ -231,7 +232,7 @@ def test_parameter_budgets_with_pvt_v2_b5():
     # The official AVSegFormer code counts 2.10M of head modules it never calls (head.fpn,
     # head.attn_fc); AVSAC, built on that code, is counted the same way for the paper's 181M.
     # With the VGA FFN (vga_ffn=true) the same count gives 185.8M.
-    assert 179.0 <= total(AVSAC(bavd=BAVD(), **encoders())) + 2.10 <= 183.0
+    assert 179.0 <= total(AVSAC(**encoders())) + 2.10 <= 183.0
 
 
 @pytest.mark.parametrize("kind", ["avsac", "avsegformer"])

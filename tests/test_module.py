@@ -11,7 +11,6 @@ from torch import Tensor
 
 from avsac_lit.models.avsac import AVSAC
 from avsac_lit.models.backbone import VisualBackbone
-from avsac_lit.models.bavd import BAVD
 from avsac_lit.models.losses import AVSCriterion
 from avsac_lit.models.vggish import AudioEncoder
 from avsac_lit.module import AVSLitModule
@@ -23,14 +22,20 @@ def small_module(
     net = AVSAC(
         visual=VisualBackbone(name="avsac_tiny_pvt", freeze=freeze_visual),
         audio=AudioEncoder(dim=32),
-        bavd=BAVD(num_layers=1, dim=32, heads=4, hidden_dim=64),
+        decoder_layers=1, heads=4, hidden_dim=64,
         num_classes=num_classes, dim=32, num_queries=4, generator_layers=1, mlp_hidden=32,
     )  # fmt: skip
     return AVSLitModule(
+        name="avsac",
+        num_classes=num_classes,
         net=net,
-        criterion=AVSCriterion(num_classes=num_classes),
+        loss=AVSCriterion(num_classes=num_classes),
         optimizer=partial(torch.optim.AdamW, lr=1e-3),
+        scheduler=None,
+        scheduler_interval="epoch",
         warmup_steps=warmup_steps,
+        eval_padding_frames=True,
+        audio_share_batches=16,
     )
 
 

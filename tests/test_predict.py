@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
+from avsac_lit.checkpoint import load_trained
 from avsac_lit.data.audio import read_wav
-from avsac_lit.inference import load_trained
 from avsac_lit.predict import VideoError, VideoReader, predict, window_examples, windows
 
 FPS = 8

@@ -16,21 +16,20 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from avsac_lit.listening import reference_scores
+from avsac_lit.counterfactual import reference_scores
 from avsac_lit.report import ReportError, main, report
-from avsac_lit.searchpath import EXPERIMENTS_DIR
-from tests.helpers import TINY_RUN, compose_config
+from tests.helpers import CONF, TINY_RUN, compose_config
 
-TABLES = sorted(p.stem for p in (EXPERIMENTS_DIR / "table").glob("*.yaml"))
+TABLES = sorted(p.stem for p in (CONF / "table").glob("*.yaml"))
 
 
 def recipe_sweep(table: str) -> dict:
     """A recipe's ``hydra.sweeper.params``, a twin's merged over its paper recipe's."""
-    raw = OmegaConf.load(EXPERIMENTS_DIR / "table" / f"{table}.yaml")
+    raw = OmegaConf.load(CONF / "table" / f"{table}.yaml")
     sweep = dict(raw.hydra.sweeper.params)
     parent = raw.defaults[0]
     if isinstance(parent, str) and parent.startswith("table"):
-        inherited = OmegaConf.load(EXPERIMENTS_DIR / "table" / f"{parent}.yaml")
+        inherited = OmegaConf.load(CONF / "table" / f"{parent}.yaml")
         sweep = {**inherited.hydra.sweeper.params, **sweep}
     return sweep
 
@@ -72,8 +71,10 @@ def test_a_synthetic_baseline_is_sized_like_the_synthetic_avsac():
     cfg = compose_config("train", ["+table=synthetic_table2", "setting=avsegformer_small"])
     assert cfg.model.name == "avsegformer"
     net = cfg.model.net
-    assert (net.encoder_layers, net.decoder_layers) == (2, 2) == (cfg.model.bavd.num_layers,) * 2
-    assert (net.heads, net.hidden_dim) == (cfg.model.bavd.heads, cfg.model.bavd.hidden_dim)
+    avsac = compose_config("train", ["+table=synthetic_table2", "setting=avsac"]).model.net
+    assert (net.encoder_layers, net.decoder_layers) == (2, 2) == (avsac.decoder_layers,) * 2
+    assert (net.heads, net.hidden_dim, net.dim) == (avsac.heads, avsac.hidden_dim, avsac.dim)
+    assert "bridge" not in net  # nothing of AVSAC's is carried by the baseline
 
 
 def test_table1_gives_each_backbone_its_own_weights_file():
@@ -107,7 +108,7 @@ def tiny_multirun(synth_trees, tmp_path_factory) -> Path:
     sweep_dir = tmp_path_factory.mktemp("multirun") / "table2"
     result = run_multirun(
         synth_trees["ms3"], sweep_dir,
-        ["setting=bavd,avsac", "seed=1,2", "model.bavd.bridge=bidirectional,sideways"],
+        ["setting=bavd,avsac", "seed=1,2", "model.net.bridge=bidirectional,sideways"],
     )  # fmt: skip
     # Hydra runs every job, then fails the multirun for the jobs that raised.
     assert result.returncode != 0, result.stdout[-2000:]
@@ -194,24 +195,24 @@ def test_a_table_completed_in_a_sub_folder_is_reported_as_one(tmp_path):
     for index, layers in (("0", 4), ("1", 6), ("more/0", 2)):
         run = tmp_path / index
         (run / ".hydra").mkdir(parents=True)
-        OmegaConf.save(OmegaConf.create([f"model.bavd.num_layers={layers}"]),
+        OmegaConf.save(OmegaConf.create([f"model.net.decoder_layers={layers}"]),
                        run / ".hydra/overrides.yaml")  # fmt: skip
         config = {"seed": 1, "data": {"task": "s4", "synthetic": None},
                   "report": {"row": f"{layers} layers", "paper": paper}}  # fmt: skip
         OmegaConf.save(OmegaConf.create(config), run / "config.yaml")
         record = {"metrics": {"test/miou": 0.5, "test/f": 0.6}, "task": "s4", "seed": 1}
         (run / "metrics.json").write_text(json.dumps(record))
-    OmegaConf.save({"hydra": {"overrides": {"task": ["model.bavd.num_layers=4,6"]}}},
+    OmegaConf.save({"hydra": {"overrides": {"task": ["model.net.decoder_layers=4,6"]}}},
                    tmp_path / "multirun.yaml")  # fmt: skip
-    OmegaConf.save({"hydra": {"overrides": {"task": ["model.bavd.num_layers=2,8"]}}},
+    OmegaConf.save({"hydra": {"overrides": {"task": ["model.net.decoder_layers=2,8"]}}},
                    tmp_path / "more/multirun.yaml")  # fmt: skip
     lines = report(tmp_path)["markdown"].read_text().splitlines()
-    assert "- Command: `python -m avsac_lit.train -m model.bavd.num_layers=4,6`" in lines
+    assert "- Command: `python -m avsac_lit.train -m model.net.decoder_layers=4,6`" in lines
     assert (
-        "- Command: `python -m avsac_lit.train -m model.bavd.num_layers=2,8` (runs under `more/`)"
-        in lines
+        "- Command: `python -m avsac_lit.train -m model.net.decoder_layers=2,8` "
+        "(runs under `more/`)" in lines
     )
-    assert any("never started: `model.bavd.num_layers=8`" in line for line in lines)
+    assert any("never started: `model.net.decoder_layers=8`" in line for line in lines)
     order = [line.split(" |")[0].lstrip("| ") for line in lines if " layers |" in line]
     assert order == ["2 layers", "4 layers", "6 layers"]
 

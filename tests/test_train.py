@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from avsac_lit.build import build_module
+from avsac_lit.checkpoint import upgraded
 from avsac_lit.eval import evaluate
+from avsac_lit.eval import main as eval_main
+from avsac_lit.models.avsac import AVSAC
 from avsac_lit.module import MONITOR
 from avsac_lit.train import train
-from avsac_lit.utils import build_module
-from tests.helpers import EXPERIMENTS, compose_config, tiny_run
+from tests.helpers import EXPERIMENTS, compose_config, eval_run, tiny_run
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -36,7 +42,8 @@ def test_paper_experiments_use_the_paper_settings(experiment, epochs, img_size, 
     assert cfg.data.img_size == img_size and cfg.data.train_batch_size == 4
     assert sum((img_size // s) ** 2 for s in (8, 16, 32)) == tokens
     assert cfg.model.optimizer._target_ == "torch.optim.AdamW" and cfg.model.optimizer.lr == 2e-5
-    assert cfg.model.bavd.num_layers == 6 and cfg.backbone.name == "pvt_v2_b5" and cfg.seed == 123
+    assert cfg.model.net.decoder_layers == 6 and cfg.backbone.name == "pvt_v2_b5"
+    assert cfg.seed == 123
 
 
 @pytest.mark.parametrize(
@@ -109,15 +116,8 @@ def test_train_then_eval_gives_the_same_test_metrics(synth_trees, tmp_path):
     assert Path(best).is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "csv" / "metrics.csv").is_file()
 
-    evaluated = evaluate(
-        tiny_run(
-            "ms3",
-            synth_trees["ms3"],
-            tmp_path / "eval",
-            [f"ckpt_path={best}", synthetic],
-            name="eval",
-        )
-    )
+    # The tiny model's overrides are not repeated: the checkpoint's config rebuilds the model.
+    evaluated = evaluate(eval_run(Path(best), tmp_path / "eval"))
     for name in ("test/miou", "test/f", "test/f_pooled"):
         assert evaluated[name] == pytest.approx(trained[name], abs=1e-6)
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["checkpoint"] == str(
@@ -126,9 +126,34 @@ def test_train_then_eval_gives_the_same_test_metrics(synth_trees, tmp_path):
 
 
 def test_eval_refuses_a_missing_checkpoint(synth_trees, tmp_path):
-    cfg = tiny_run("ms3", synth_trees["ms3"], tmp_path, ["ckpt_path=nowhere.ckpt"], name="eval")
+    cfg = eval_run(tmp_path / "nowhere.ckpt", tmp_path)
     with pytest.raises(FileNotFoundError, match=r"nowhere\.ckpt"):
         evaluate(cfg)
+
+
+def test_a_checkpoint_config_of_version_0_1_is_read_in_todays_layout(synth_trees, tmp_path):
+    today = OmegaConf.to_container(tiny_run("ms3", synth_trees["ms3"], tmp_path), resolve=True)
+    old = copy.deepcopy(today)
+    net = old["model"]["net"]
+    bavd = {"_target_": "avsac_lit.models.bavd.BAVD", "num_layers": net.pop("decoder_layers")}
+    for key in ("bridge", "agca", "vga_ffn", "heads", "hidden_dim", "dropout"):
+        bavd[key] = net.pop(key)
+    net["bavd"] = bavd | {"dim": net["dim"]}
+    old["model"].pop("_target_")
+    old["model"] |= {"bavd": net["bavd"], "dim": net["dim"]}
+    upgraded_config = upgraded(OmegaConf.create(old))
+    assert upgraded_config.model == OmegaConf.create(today).model
+    for node in (upgraded_config.model, upgraded_config.model.net, upgraded_config.model.loss):
+        node.num_classes = 1  # as the data sets it
+    assert isinstance(build_module(upgraded_config).net, AVSAC)
+
+
+@pytest.mark.parametrize("override", ["+experiment=ms3", "model.net.dim=64", "data.img_size=64"])
+def test_eval_refuses_to_change_the_checkpoints_model(override, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["avsac_lit.eval", "ckpt_path=x.ckpt", override])
+    with pytest.raises(SystemExit, match=rf"'{re.escape(override)}' cannot be overridden.*"
+                       "rebuilt from the config the checkpoint carries"):  # fmt: skip
+        eval_main()
 
 
 def test_resumed_run_continues_from_its_epoch(synth_trees, tmp_path):

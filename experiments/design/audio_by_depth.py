@@ -27,7 +27,7 @@ def main(overrides: list[str]) -> None:
     for layers in (2, 4, 6):
         changes = []
         for seed in (1, 2, 3):
-            cfg = twin_config([f"model.bavd.num_layers={layers}", f"seed={seed}", *overrides])
+            cfg = twin_config([f"model.net.decoder_layers={layers}", f"seed={seed}", *overrides])
             cfg.model.num_classes = 1
             net = fresh_module(cfg, seed).net.eval()
             own = net(batch["frames"], batch["audio"], batch["frame_valid"])

@@ -25,7 +25,7 @@ from statistics import fmean
 import torch
 from hydra.utils import instantiate
 
-from avsac_lit.inference import load_trained
+from avsac_lit import load_trained
 from avsac_lit.models.losses import avfs_loss
 
 

@@ -9,8 +9,8 @@ table :data:`RENAMES` or dropped by :data:`DROPPED` (modules the official forwar
 any other key, a key of ours the file does not fill, or a shape that differs stops the
 conversion with an error naming the key and the file. The output is a checkpoint like one of
 ``avsac_lit.train``: it carries the composed config (the experiment with the AVSegFormer setting,
-``experiments/setting/avsegformer.yaml``), so ``avsac_lit.eval``, ``avsac_lit.predict``, the
-notebooks and :func:`avsac_lit.inference.load_trained` take it as they take a trained one.
+``src/avsac_lit/conf/setting/avsegformer.yaml``), so ``avsac_lit.eval``, ``avsac_lit.predict``, the
+notebooks and :func:`avsac_lit.checkpoint.load_trained` take it as they take a trained one.
 
 The official model and ours give the same logits for the same weights and inputs (within 1e-4,
 ``tests/test_convert.py``); docs/model.md lists how the two are laid out.
@@ -31,14 +31,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor
 
+from avsac_lit.build import CONFIG_PATH, build_module
+from avsac_lit.checkpoint import quiet
 from avsac_lit.data.avsbench import read_class_names
-from avsac_lit.inference import quiet
 from avsac_lit.models.weights import load_checkpoint_file
-from avsac_lit.utils import build_module, source_version
+from avsac_lit.run_record import source_version
 
 log = logging.getLogger(__name__)
 
-SETTING = "avsegformer"  # experiments/setting/avsegformer.yaml: the model and its recipe
+SETTING = "avsegformer"  # src/avsac_lit/conf/setting/avsegformer.yaml: the model and its recipe
 BINARY_TASKS = ("s4", "ms3")  # one class; AVSS has label2idx.json's count (71 for AVSBench)
 
 # Official key (regular expression, matched from the start; the first that matches applies) ->
@@ -304,7 +305,7 @@ def convert(cfg: DictConfig) -> Path:
     return output
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="convert")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="convert")
 def run(cfg: DictConfig) -> None:
     if cfg.model.name != "avsegformer":
         raise ConversionError(

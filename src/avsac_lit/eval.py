@@ -1,31 +1,53 @@
-"""Evaluate a checkpoint on the test split: ``python -m avsac_lit.eval +experiment=NAME
-ckpt_path=PATH``.
+"""Evaluate a checkpoint on the test split: ``python -m avsac_lit.eval ckpt_path=PATH``.
 
-The experiment (and any override that changed the model at training time) rebuilds the model; the
-checkpoint gives its weights. ``test_audio=[matched,shuffled,silent]`` also scores the model with
-another clip's audio and with silence. The metrics go to ``metrics.json`` in the run directory
-(``logs/eval/runs/<time>/``).
+The model, and the data it was trained on, are rebuilt from the config the checkpoint carries
+(the run's composed config, every model override included), so a checkpoint is scored as the model
+it was trained as, with nothing to repeat. The command line may change only what may differ at test
+time (:data:`TEST_TIME`): where the data is, how it is batched and loaded, the test audio
+(``test_audio=[matched,shuffled,silent]`` also scores the model with another clip's audio and with
+silence), the trainer (device), loggers and paths. The metrics go to ``metrics.json`` in the run
+directory (``logs/eval/runs/<time>/``).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from avsac_lit.inference import existing_checkpoint, saved_model_name
-from avsac_lit.train import (
-    audio_conditions,
-    build_run,
-    report_listening,
-    run_facts,
-    test_conditions,
-)
-from avsac_lit.utils import Stopwatch, apply_extras, task_wrapper, write_metrics
+from avsac_lit.build import CONFIG_PATH, build_run, refuse_overrides
+from avsac_lit.checkpoint import checkpoint_config, existing_checkpoint, without_weight_files
+from avsac_lit.cli import apply_extras, task_wrapper
+from avsac_lit.counterfactual import audio_conditions, report_listening, test_conditions
+from avsac_lit.run_record import Stopwatch, run_facts, write_metrics
 
 log = logging.getLogger(__name__)
+
+# Overrides that may differ at test time: the keys themselves, or groups and their keys.
+TEST_TIME = (
+    "ckpt_path", "test_audio", "seed", "task_name", "project", "group", "tags",
+    "data.root", "data.eval_batch_size", "data.num_workers", "data.pin_memory",
+    "data.cache_dir", "trainer", "logger", "paths", "extras", "hydra", "debug",
+)  # fmt: skip
+
+
+def run_config_for_test(cfg: DictConfig, checkpoint: Path) -> DictConfig:
+    """The checkpoint's run config with this evaluation's test-time settings on top."""
+    run = checkpoint_config(checkpoint)
+    with open_dict(run):
+        run.model.net = without_weight_files(run.model.net)  # the checkpoint holds every weight
+        for key, value in cfg.data.items():
+            if value is not None:
+                run.data[key] = value
+        for key in ("task_name", "project", "group", "tags", "seed", "ckpt_path", "test_audio"):
+            run[key] = cfg.get(key)
+        for node in ("trainer", "logger", "paths", "extras"):
+            run[node] = OmegaConf.to_container(cfg[node], resolve=True) if cfg.get(node) else None
+        run.callbacks = None
+    return run
 
 
 @task_wrapper
@@ -33,13 +55,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test ``ckpt_path`` under each ``test_audio`` condition; returns the metrics."""
     clock = Stopwatch()
     checkpoint = existing_checkpoint(cfg.ckpt_path)
-    check_same_model(cfg, checkpoint)
-    facts = run_facts(cfg)
-    conditions = audio_conditions(cfg)
-    datamodule, module, trainer = build_run(cfg)
+    run = run_config_for_test(cfg, checkpoint)
+    facts = run_facts(run)
+    conditions = audio_conditions(run)
+    datamodule, module, trainer = build_run(run)
 
     metrics = test_conditions(trainer, module, datamodule, conditions, str(checkpoint))
-    output_dir = Path(cfg.paths.output_dir)
+    output_dir = Path(run.paths.output_dir)
     write_metrics(
         output_dir / "metrics.json",
         metrics,
@@ -52,24 +74,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def check_same_model(cfg: DictConfig, checkpoint: Path) -> None:
-    """Refuse to score a checkpoint as another model than the one it holds (its weights would not
-    load, with a wall of key errors)."""
-    saved = saved_model_name(checkpoint)
-    composed = (cfg.model.name, cfg.backbone.name)
-    if saved is not None and saved != composed:
-        hint = " +setting=avsegformer" if saved[0] == "avsegformer" else ""
-        raise ValueError(
-            f"{checkpoint} holds {saved[0]} on {saved[1]}, but the composed config builds "
-            f"{composed[0]} on {composed[1]}. Pass the overrides it was trained or converted "
-            f"with, e.g. +experiment=...{hint} backbone={saved[1]}."
-        )
-
-
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="eval")
-def main(cfg: DictConfig) -> None:
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
+def run(cfg: DictConfig) -> None:
     apply_extras(cfg)
     evaluate(cfg)
+
+
+def main() -> None:
+    refuse_overrides("avsac_lit.eval", sys.argv[1:], TEST_TIME)
+    run()
 
 
 if __name__ == "__main__":

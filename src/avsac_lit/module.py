@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MaxMetric, MetricCollection
 
+from avsac_lit.data.conditions import condition_of, metric_prefix
 from avsac_lit.metrics import (
     AudioShare,
     AVSSFScore,
@@ -39,10 +40,15 @@ def protocol_metrics(num_classes: int) -> MetricCollection:
 class AVSLitModule(L.LightningModule):
     """Trains an AVS model (AVSAC or AVSegFormer) and evaluates it with the AVSBench protocol.
 
+    Built from a run's ``model`` config by one ``instantiate``; every default lives in
+    ``avsac_lit/conf/model/*.yaml``.
+
     Args:
+        name: the model's name (``avsac``, ``avsegformer``), recorded with the run's results.
+        num_classes: 1 for S4/MS3 (sounding or not), the AVSS classes with background.
         net: the model; ``forward(frames, audio, frame_valid)`` returns at least ``logits``
             [B, T, K, H, W].
-        criterion: the loss (:class:`AVSCriterion`), returning ``loss`` and its parts.
+        loss: the criterion (:class:`AVSCriterion`), returning ``loss`` and its parts.
         optimizer: a partial optimiser, called with the trainable parameters only, so frozen
             encoders take no optimiser state.
         scheduler: an optional partial LR scheduler, called with the optimiser.
@@ -62,23 +68,31 @@ class AVSLitModule(L.LightningModule):
     ``f_pooled`` for S4/MS3); loss parts are ``{stage}/loss``, ``{stage}/seg``, ``{stage}/sync``
     (and ``mix`` for AVSegFormer). Training scores the annotated frames only, like the loss.
     ``val/miou_best`` tracks the best validation mIoU; ``val/audio_share`` and
-    ``test/audio_share`` the audio share of the final feature. Testing with counterfactual audio
-    (set ``test_prefix`` to e.g. ``test_shuffled``) logs under that prefix instead of ``test``.
+    ``test/audio_share`` the audio share of the final feature. A test loader with counterfactual
+    audio (``AVSDataModule.test_dataloader(audio="shuffled")``) logs under that condition's
+    prefix (``test_shuffled/``) instead of ``test/``.
     """
 
     def __init__(
         self,
         *,
+        name: str,
+        num_classes: int,
         net: nn.Module,
-        criterion: AVSCriterion,
+        loss: AVSCriterion,
         optimizer: Callable[[Iterable[Tensor]], Optimizer],
-        scheduler: Callable[[Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
-        scheduler_interval: str = "epoch",
-        warmup_steps: int = 0,
-        eval_padding_frames: bool = True,
-        audio_share_batches: int | None = 16,
+        scheduler: Callable[[Optimizer], torch.optim.lr_scheduler.LRScheduler] | None,
+        scheduler_interval: str,
+        warmup_steps: int,
+        eval_padding_frames: bool,
+        audio_share_batches: int | None,
     ) -> None:
         super().__init__()
+        if loss.num_classes != num_classes:
+            raise ValueError(
+                f"model.loss.num_classes={loss.num_classes} but model.num_classes={num_classes}; "
+                "leave the loss's at ${model.num_classes}."
+            )
         if audio_share_batches is not None and audio_share_batches < 0:
             raise ValueError(
                 f"model.audio_share_batches={audio_share_batches}; expected a number of batches "
@@ -92,12 +106,9 @@ class AVSLitModule(L.LightningModule):
             )
         # The run's config.yaml rebuilds the net, the loss and the optimiser; keeping them out of
         # hparams keeps checkpoints loadable with torch.load(weights_only=True).
-        self.save_hyperparameters(
-            logger=False, ignore=["net", "criterion", "optimizer", "scheduler"]
-        )
-        self.net, self.criterion = net, criterion
+        self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer", "scheduler"])
+        self.net, self.criterion = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        num_classes = criterion.num_classes
         # ModuleDict keys may not shadow Module attributes such as ``train``.
         self.metrics = nn.ModuleDict(
             {
@@ -117,7 +128,7 @@ class AVSLitModule(L.LightningModule):
 
     @property
     def num_classes(self) -> int:
-        return self.criterion.num_classes
+        return self.hparams.num_classes
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """The net's outputs for a data batch (see the model's ``forward``)."""
@@ -181,6 +192,11 @@ class AVSLitModule(L.LightningModule):
             self.val_miou_best(scores[MONITOR])
             self.log("val/miou_best", self.val_miou_best.compute())
 
+    def on_test_start(self) -> None:
+        loaders = self.trainer.test_dataloaders
+        loader = loaders[0] if isinstance(loaders, list) else loaders
+        self.test_prefix = metric_prefix(condition_of(loader.dataset))
+
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.evaluation_step("test", batch, batch_idx)
 
@@ -214,13 +230,6 @@ class AVSLitModule(L.LightningModule):
         share = metric.compute()
         metric.reset()
         return {f"{stage}/audio_share": share}
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
-        """Per-pixel predictions [B, T, H, W]: sounding probability (S4/MS3) or class ids (AVSS)."""
-        logits = self(batch)["logits"]
-        if self.num_classes == 1:
-            return {"probabilities": logits[:, :, 0].sigmoid()}
-        return {"classes": logits.softmax(dim=2).argmax(dim=2)}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)

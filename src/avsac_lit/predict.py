@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import sys
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -39,9 +40,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from PIL import Image
 
+from avsac_lit.build import CONFIG_PATH, refuse_overrides
+from avsac_lit.checkpoint import TrainedModel, load_trained
 from avsac_lit.data.audio import SAMPLE_RATE, waveform_to_examples
-from avsac_lit.inference import TrainedModel, load_trained
-from avsac_lit.viz import mask_palette, overlay
+from avsac_lit.viz import mask_palette, overlay, predicted_masks
 
 log = logging.getLogger(__name__)
 
@@ -145,16 +147,17 @@ def window_examples(audio: np.ndarray, begin: int, end: int) -> torch.Tensor:
 
 def read_logits(logits: torch.Tensor, model: TrainedModel, threshold: float):
     """One frame's logits [K, H, W] -> (mask [H, W] uint8 class ids, record)."""
+    classes = predicted_masks(logits, threshold)  # [H, W]
+    mask = classes.numpy().astype(np.uint8)
     if logits.shape[0] == 1:
         probability = logits[0].sigmoid()
-        sounding = probability > threshold
-        return sounding.numpy().astype(np.uint8), {
+        sounding = classes.bool()
+        return mask, {
             "area": round(sounding.float().mean().item(), 6),
             "score": round(probability[sounding].mean().item(), 6) if sounding.any() else 0.0,
             "max_score": round(probability.max().item(), 6),
         }
     probabilities = logits.softmax(dim=0)
-    classes = probabilities.argmax(dim=0)
     names = model.class_names or [str(c) for c in range(logits.shape[0])]
     found = []
     for c in torch.unique(classes).tolist():
@@ -171,7 +174,7 @@ def read_logits(logits: torch.Tensor, model: TrainedModel, threshold: float):
         "area": round((classes > 0).float().mean().item(), 6),
         "classes": sorted(found, key=lambda item: -item["area"]),
     }
-    return classes.numpy().astype(np.uint8), record
+    return mask, record
 
 
 class OverlayVideo:
@@ -278,8 +281,12 @@ def predict(
     }
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="predict")
-def main(cfg: DictConfig) -> None:
+# What the command line may set; the model comes from the checkpoint.
+SETTINGS = ("ckpt_path", "input", "output", "config", "task", "threshold", "device", "hydra")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
+def run(cfg: DictConfig) -> None:
     device = cfg.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -289,6 +296,11 @@ def main(cfg: DictConfig) -> None:
     )  # fmt: skip
     for kind, path in files.items():
         log.info("%s: %s", kind, path)
+
+
+def main() -> None:
+    refuse_overrides("avsac_lit.predict", sys.argv[1:], SETTINGS)
+    run()
 
 
 if __name__ == "__main__":

@@ -12,15 +12,17 @@ Reads what every run of a multirun leaves in its directory, with no logger neede
 * ``report_<metric>.png``: a bar chart per metric, with the seeds' spread as error bars and the
   paper's values as markers.
 
-Rows are labelled by the recipe (``report.row`` in the config, set by ``experiments/setting/*.yaml``
-and the table recipes); a multirun without one gets labels from the overrides that vary across its
-runs. The paper's values come from the recipe's ``report.paper``. A row averages over seeds.
+Rows are labelled by the recipe (``report.row`` in the config, set by the settings,
+``avsac_lit/conf/setting/*.yaml``, and the table recipes); a multirun without one gets labels from
+the overrides that vary across its runs. The paper's values come from the recipe's
+``report.paper``. A row averages over seeds.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import re
@@ -32,7 +34,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from avsac_lit.listening import reference_scores
+from avsac_lit.counterfactual import reference_scores
 
 # The paper's columns, in percent, and the suite's own when the runs have them.
 PAPER_METRICS = {"test/f": "F", "test/miou": "mIoU"}
@@ -154,19 +156,29 @@ def multiruns(root: Path) -> list[Path]:
 def expected_jobs(root: Path) -> list[list[str]]:
     """The jobs the multiruns were asked for, from their ``multirun.yaml``: the sweep of
     ``hydra.sweeper.params`` and the command line, combined as Hydra's basic sweeper does."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     jobs = []
     for multirun in multiruns(root):
         cfg = OmegaConf.load(multirun)
         params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
         arguments = [f"{key}={value}" for key, value in params.items()]
         arguments += list(OmegaConf.select(cfg, "hydra.overrides.task") or [])
-        parsed = OverridesParser.create().parse_overrides(arguments)
-        batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
-        jobs += [job for batch in batches for job in batch]
+        jobs += sweep_jobs(arguments)
     return jobs
+
+
+def sweep_jobs(arguments: Sequence[str]) -> list[list[str]]:
+    """The jobs of a basic-sweeper multirun: the product of every swept key's values, a key given
+    again (on the command line, after the recipe's params) replacing its earlier values in place."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    values: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides(list(arguments)):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            values[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            values[key] = [f"{key}={override.get_value_element_as_str()}"]
+    return [list(job) for job in itertools.product(*values.values())]
 
 
 def check_runs(root: Path, runs: list[Run], metrics: Sequence[str]) -> list[str]:

@@ -19,33 +19,12 @@ import logging
 from pathlib import Path
 
 import hydra
-import lightning as L
-import torch
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
-from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
-from rich.markdown import Markdown
+from omegaconf import DictConfig
 
-from avsac_lit.data import AVSDataModule
-from avsac_lit.data.conditions import check_condition
-from avsac_lit.listening import listening_table, metric_prefix, reference_scores
-from avsac_lit.module import AVSLitModule
-from avsac_lit.utils import (
-    Stopwatch,
-    apply_extras,
-    build_module,
-    hardware,
-    hydra_overrides,
-    instantiate_group,
-    log_hyperparameters,
-    save_resolved_config,
-    scalar_metrics,
-    set_num_classes,
-    source_version,
-    task_wrapper,
-    write_metrics,
-)
+from avsac_lit.build import CONFIG_PATH, build_run
+from avsac_lit.cli import apply_extras, task_wrapper
+from avsac_lit.counterfactual import audio_conditions, report_listening, test_conditions
+from avsac_lit.run_record import Stopwatch, run_facts, scalar_metrics, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -86,79 +65,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def audio_conditions(cfg: DictConfig) -> list[str]:
-    return [check_condition(c) for c in cfg.get("test_audio") or ["matched"]]
-
-
-def build_run(
-    cfg: DictConfig, callbacks: DictConfig | None = None
-) -> tuple[AVSDataModule, AVSLitModule, L.Trainer]:
-    """Seed, then build the data, the module (with the data's number of classes), the loggers
-    and the trainer; save the resolved config and log it once. Shared by train and eval."""
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-    log.info("Instantiating datamodule <%s> for %s", cfg.data._target_, cfg.data.task)
-    datamodule = instantiate(cfg.data)
-    set_num_classes(cfg, datamodule)
-    save_resolved_config(cfg)
-    module = build_module(cfg)
-    module.run_config = OmegaConf.to_container(cfg, resolve=True)
-    built_callbacks = instantiate_group(callbacks, "callback")
-    loggers = instantiate_group(cfg.get("logger"), "logger")
-    if not loggers and any(isinstance(c, LearningRateMonitor) for c in built_callbacks):
-        log.warning("No logger: the learning-rate monitor is left out.")
-        built_callbacks = [c for c in built_callbacks if not isinstance(c, LearningRateMonitor)]
-    log.info("Instantiating trainer <%s>", cfg.trainer._target_)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=built_callbacks, logger=loggers)
-    log_hyperparameters(cfg, module, trainer)
-    return datamodule, module, trainer
-
-
-def run_facts(cfg: DictConfig) -> dict:
-    """What metrics.json records about any run, besides its metrics. Taken when the run starts."""
-    return {
-        "task_name": cfg.task_name,
-        "task": cfg.data.task,
-        "model": cfg.model.name,
-        "backbone": cfg.backbone.name,
-        "seed": cfg.get("seed"),
-        "overrides": hydra_overrides(),
-        "commit": source_version(),
-        "hardware": hardware(),
-        "torch": torch.__version__,
-    }
-
-
-def test_conditions(
-    trainer: L.Trainer,
-    module: AVSLitModule,
-    datamodule: L.LightningDataModule,
-    conditions: list[str],
-    ckpt_path: str | None,
-) -> dict[str, float]:
-    """Test once per audio condition; the metrics of each go under its own prefix."""
-    metrics: dict[str, float] = {}
-    for condition in conditions:
-        datamodule.test_audio = condition
-        module.test_prefix = metric_prefix(condition)
-        log.info("Testing with audio condition %r", condition)
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        metrics |= scalar_metrics(trainer.callback_metrics)
-    datamodule.test_audio, module.test_prefix = "matched", "test"
-    return metrics
-
-
-def report_listening(
-    metrics: dict[str, float], conditions: list[str], root: str | Path, output_dir: Path
-) -> None:
-    table = listening_table(metrics, conditions, reference_scores(root))
-    heading = "# Does the model listen? One model, its test split, several audio inputs\n\n"
-    (output_dir / "demo_results.md").write_text(heading + table)
-    Console().print(Markdown(table))
-    log.info("Table saved to %s", output_dir / "demo_results.md")
-
-
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     apply_extras(cfg)
     metrics = train(cfg)

@@ -151,7 +151,8 @@ class AVSBenchDataset(Dataset):
             or a directory containing it.
         split: ``train``, ``val`` or ``test``.
         img_size: frames and masks are resized to ``img_size`` x ``img_size``.
-        audio_cache_dir: where log-mels computed from wavs are cached (see :class:`LogMelCache`).
+        cache_dir: the suite's cache directory (``paths.cache_dir``); log-mels computed from wavs
+            go to its ``log_mel/`` (see :class:`LogMelCache`).
     """
 
     task: str
@@ -163,14 +164,14 @@ class AVSBenchDataset(Dataset):
         root: str | Path,
         split: str,
         img_size: int = 224,
-        audio_cache_dir: str | Path | None = None,
+        cache_dir: str | Path | None = None,
     ) -> None:
         self.split = _check_choice("split", split, SPLITS)
         if img_size <= 0:
             raise ValueError(f"img_size must be a positive number of pixels, got {img_size}.")
         self.img_size = img_size
         self.root = resolve_root(self.task, root)
-        self.audio_cache = LogMelCache(audio_cache_dir)
+        self.audio_cache = LogMelCache(cache_dir)
         self.clips = self._read_clips()
         if not self.clips:
             raise ValueError(
@@ -442,8 +443,8 @@ def build_dataset(
     root: str | Path,
     split: str,
     img_size: int = 224,
-    audio_cache_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
 ) -> AVSBenchDataset:
     """The ``split`` of ``task`` (``s4``, ``ms3`` or ``avss``) read from ``root``."""
     dataset_class = DATASETS[_check_choice("task", task, TASKS)]
-    return dataset_class(root=root, split=split, img_size=img_size, audio_cache_dir=audio_cache_dir)
+    return dataset_class(root=root, split=split, img_size=img_size, cache_dir=cache_dir)

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--audio-cache-dir", type=Path, default=None)
+    parser.add_argument("--cache-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     console = Console()
     table = Table(title=f"AVSBench {args.task.upper()} at {args.root}, read at {args.img_size} px")
@@ -118,9 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(column, justify="right")
     try:
         for split in args.splits:
-            dataset = build_dataset(
-                args.task, args.root, split, args.img_size, args.audio_cache_dir
-            )
+            dataset = build_dataset(args.task, args.root, split, args.img_size, args.cache_dir)
             stats = summarise_split(dataset, args.workers)
             table.add_row(
                 split,

@@ -34,10 +34,21 @@ def silent_example() -> torch.Tensor:
 def check_condition(condition: str) -> str:
     if condition not in AUDIO_CONDITIONS:
         raise ValueError(
-            f"Unknown audio condition {condition!r}; expected one of {', '.join(AUDIO_CONDITIONS)} "
-            "(set test_audio=[matched,shuffled,silent] or data.test_audio=...)."
+            f"Unknown audio condition {condition!r} in test_audio; expected a list of "
+            f"{', '.join(AUDIO_CONDITIONS)} (e.g. test_audio=[matched,shuffled,silent])."
         )
     return condition
+
+
+def metric_prefix(condition: str) -> str:
+    """Where a condition's test metrics are logged: ``test`` for the protocol, else
+    ``test_<condition>``."""
+    return "test" if condition == "matched" else f"test_{check_condition(condition)}"
+
+
+def condition_of(dataset: Dataset) -> str:
+    """The audio a test dataset gives its clips: an :class:`AudioCondition`'s, else matched."""
+    return dataset.condition if isinstance(dataset, AudioCondition) else "matched"
 
 
 class AudioCondition(Dataset):

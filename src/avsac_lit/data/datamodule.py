@@ -32,12 +32,12 @@ class AVSDataModule(L.LightningDataModule):
             the published numbers use. Change it only knowingly.
         num_workers: dataloader worker processes.
         pin_memory: pin host memory (useful on GPU).
-        audio_cache_dir: where log-mels computed from wavs are cached; ``None`` for the default.
+        cache_dir: the suite's cache directory (``paths.cache_dir``); ``None`` for the default.
         synthetic: if given, ``root`` is filled by the synthetic generator with these arguments
             (``videos``, ``seed``, ``size``) unless it already holds a tree made with them.
-        test_audio: the audio the test loader gives each clip: ``matched`` (the protocol),
-            ``shuffled`` or ``silent`` (see :mod:`avsac_lit.data.conditions`). An attribute, so a
-            script can test one model under several conditions.
+
+    ``test_dataloader(audio=...)`` gives the test split with counterfactual audio
+    (:mod:`avsac_lit.data.conditions`); Lightning's call, without it, gives the protocol's.
     """
 
     def __init__(
@@ -50,9 +50,8 @@ class AVSDataModule(L.LightningDataModule):
         eval_batch_size: int = 2,
         num_workers: int = 4,
         pin_memory: bool = False,
-        audio_cache_dir: str | Path | None = None,
+        cache_dir: str | Path | None = None,
         synthetic: dict[str, Any] | None = None,
-        test_audio: str = "matched",
     ) -> None:
         super().__init__()
         if task not in TASKS:
@@ -66,7 +65,6 @@ class AVSDataModule(L.LightningDataModule):
         # Plain containers, so checkpoints (which keep these) load with weights_only=True.
         root, synthetic = str(root), None if synthetic is None else dict(synthetic)
         self.save_hyperparameters(logger=False)
-        self.test_audio = check_condition(test_audio)
         self.datasets: dict[str, AVSBenchDataset] = {}
 
     def prepare_data(self) -> None:
@@ -93,14 +91,16 @@ class AVSDataModule(L.LightningDataModule):
 
     def _build(self, split: str) -> AVSBenchDataset:
         hp = self.hparams
-        return build_dataset(hp.task, hp.root, split, hp.img_size, hp.audio_cache_dir)
+        return build_dataset(hp.task, hp.root, split, hp.img_size, hp.cache_dir)
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(
+        self, split: str, batch_size: int, shuffle: bool, audio: str = "matched"
+    ) -> DataLoader:
         if split not in self.datasets:
-            self.setup(None)
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         dataset = self.datasets[split]
-        if split == "test" and self.test_audio != "matched":
-            dataset = AudioCondition(dataset, check_condition(self.test_audio))
+        if check_condition(audio) != "matched":
+            dataset = AudioCondition(dataset, audio)
         workers = self.hparams.num_workers
         return DataLoader(
             dataset,
@@ -117,11 +117,9 @@ class AVSDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.hparams.eval_batch_size, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.hparams.eval_batch_size, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+    def test_dataloader(self, audio: str = "matched") -> DataLoader:
+        """The test split; ``audio``: ``matched`` (the protocol), ``shuffled`` or ``silent``."""
+        return self._loader("test", self.hparams.eval_batch_size, shuffle=False, audio=audio)
 
     @property
     def num_classes(self) -> int:

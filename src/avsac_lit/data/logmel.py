@@ -3,8 +3,8 @@
 AVSS publishes only ``audio.wav``, and an S4/MS3 copy may lack some ``.pkl`` files. The reference
 AVSS code runs the VGGish front end on every batch in the main process; we run it once per wav and
 cache the result, keyed by the wav's absolute path and invalidated when the wav's size or
-modification time changes. The cache lives outside the dataset tree (which may be read-only) in
-``$AVSAC_CACHE_DIR`` or ``~/.cache/avsac_lit``, unless a directory is given.
+modification time changes. The cache lives outside the dataset tree (which may be read-only), in
+the ``log_mel/`` folder of the suite's cache directory (``paths.cache_dir``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from avsac_lit.data.audio import wav_to_examples
 
@@ -22,21 +23,28 @@ from avsac_lit.data.audio import wav_to_examples
 FRONTEND_VERSION = 1
 
 
+PATHS_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "paths" / "default.yaml"
+
+
 def default_cache_dir() -> Path:
-    """``$AVSAC_CACHE_DIR`` if set, else ``~/.cache/avsac_lit``, with ``log_mel`` appended."""
-    base = os.environ.get("AVSAC_CACHE_DIR") or Path.home() / ".cache" / "avsac_lit"
-    return Path(base) / "log_mel"
+    """The suite's cache directory as the configs set it by default (``paths.cache_dir``:
+    ``$AVSAC_CACHE_DIR``, else ``data/.cache`` under ``$AVSAC_ROOT`` or the working directory),
+    for the tools that run without a composed config."""
+    paths = OmegaConf.create({"paths": OmegaConf.load(PATHS_CONFIG)}).paths
+    return Path(paths.cache_dir)
 
 
 class LogMelCache:
     """Returns the VGGish log-mel examples [N, 1, 96, 64] of a wav, computing them at most once.
 
     Args:
-        cache_dir: where the cached tensors go; ``None`` uses :func:`default_cache_dir`.
+        cache_dir: the suite's cache directory; the tensors go into its ``log_mel/``. ``None``
+            uses :func:`default_cache_dir`.
     """
 
     def __init__(self, cache_dir: str | Path | None = None) -> None:
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache_dir = root / "log_mel"
 
     def path_for(self, wav_path: Path) -> Path:
         resolved = wav_path.resolve()

@@ -2,7 +2,9 @@
 
 ``python -m avsac_lit.data.precompute_audio --task avss --root DIR [--split train] [--cache-dir D]``
 
-AVSS ships only wavs; the first epoch would otherwise compute them in the dataloader workers.
+AVSS ships only wavs; the first epoch would otherwise compute them in the dataloader workers. The
+cache is the one training reads: ``paths.cache_dir`` by default (``$AVSAC_CACHE_DIR``, else
+``data/.cache``).
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", required=True, choices=TASKS)
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--split", choices=(*SPLITS, "all"), default="all")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="default: the suite's cache")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="default: the suite's cache, paths.cache_dir"
+    )
     args = parser.parse_args(argv)
     splits = SPLITS if args.split == "all" else (args.split,)
     try:
         for split in splits:
             started = time.perf_counter()
-            dataset = build_dataset(args.task, args.root, split, audio_cache_dir=args.cache_dir)
+            dataset = build_dataset(args.task, args.root, split, cache_dir=args.cache_dir)
             count = dataset.precompute_audio()
             seconds = time.perf_counter() - started
             print(f"{split}: {count} of {len(dataset)} clips from wav in {seconds:.1f} s")

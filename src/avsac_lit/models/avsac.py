@@ -12,27 +12,48 @@ from torch import Tensor
 
 from avsac_lit.models.backbone import VisualBackbone
 from avsac_lit.models.base import AVSModel
-from avsac_lit.models.bavd import BAVD
+from avsac_lit.models.bavd import BAVD, Bridge
 from avsac_lit.models.multiscale import level_map
 from avsac_lit.models.vggish import AudioEncoder
 
 
 class AVSAC(AVSModel):
-    """AVSAC. ``bavd`` is the decoder (from ``model.bavd.*``); the rest as :class:`AVSModel`."""
+    """AVSAC: the encoders, audio queries and head of :class:`AVSModel`, decoded by the BAVD.
+
+    Args (the BAVD's; the rest as :class:`AVSModel`):
+        decoder_layers: BAVD layers per tower (Table 5: 2, 4, 6).
+        bridge: ``bidirectional``, ``audio_to_vision`` or ``vision_to_audio`` (Table 3).
+        agca: audio-guided cross-attention in the AGV tower (Table 3).
+        vga_ffn: an FFN after each VGA cross-attention (off: the paper's VGA layers are
+            cross-attention only; docs/design_log.md, lead 4).
+        heads, hidden_dim, dropout: attention heads, FFN width and dropout of the BAVD layers.
+    """
 
     def __init__(
         self,
         *,
         visual: VisualBackbone,
         audio: AudioEncoder,
-        bavd: BAVD,
         num_classes: int = 1,
         dim: int = 256,
         num_queries: int = 300,
         generator_layers: int = 6,
+        decoder_layers: int = 6,
+        bridge: Bridge = "bidirectional",
+        agca: bool = True,
+        vga_ffn: bool = False,
+        heads: int = 8,
+        hidden_dim: int = 2048,
+        dropout: float = 0.1,
         mlp_hidden: int = 2048,
         mask_channels: tuple[int, int] = (128, 32),
     ) -> None:
+        # Built before the rest, right after the encoders, so that a seed initialises every part
+        # as it did when the BAVD was instantiated from its own config node.
+        bavd = BAVD(
+            num_layers=decoder_layers, bridge=bridge, agca=agca, vga_ffn=vga_ffn, dim=dim,
+            heads=heads, hidden_dim=hidden_dim, dropout=dropout,
+        )  # fmt: skip
         super().__init__(
             visual=visual,
             audio=audio,

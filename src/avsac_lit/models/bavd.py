@@ -102,9 +102,9 @@ class BAVD(nn.Module):
     ) -> None:  # fmt: skip
         super().__init__()
         if bridge not in BRIDGES:
-            raise ValueError(f"model.bavd.bridge={bridge!r}; expected one of {', '.join(BRIDGES)}.")
+            raise ValueError(f"model.net.bridge={bridge!r}; expected one of {', '.join(BRIDGES)}.")
         if num_layers < 1:
-            raise ValueError(f"model.bavd.num_layers must be at least 1, got {num_layers}.")
+            raise ValueError(f"model.net.decoder_layers must be at least 1, got {num_layers}.")
         self.bridge = bridge
         self.agv_layers = nn.ModuleList(
             AGVLayer(

@@ -1,0 +1,157 @@
+"""Assembling a run from its composed config: the one place where configs become objects.
+
+Every entry point goes through here: ``avsac_lit.train`` (a new run), ``avsac_lit.eval`` and
+``avsac_lit.predict`` (a run rebuilt from the config its checkpoint carries), ``avsac_lit.convert``
+and the notebooks. The configs ship inside the package (``avsac_lit/conf``) and are found as
+:data:`CONFIG_PATH`, from a source checkout and from an installed wheel alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra import compose, initialize_config_module
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from avsac_lit.data import AVSDataModule
+from avsac_lit.models.counting import parameter_counts
+from avsac_lit.module import AVSLitModule
+
+log = logging.getLogger(__name__)
+
+CONFIG_MODULE = "avsac_lit.conf"
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
+
+
+def compose_config(
+    name: str = "train", overrides: Sequence[str] = (), output_dir: str | Path | None = None
+) -> DictConfig:
+    """The config ``name`` composed with ``overrides`` as the command line would, outside a Hydra
+    app (notebooks, scripts, tests), with Hydra's runtime set so that ``${hydra:...}``
+    resolves; the run directory is ``output_dir``."""
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        cfg = compose(config_name=name, overrides=list(overrides), return_hydra_config=True)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+            cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as in a real run: ${hydra:...} reads the HydraConfig set above
+    return cfg
+
+
+def set_num_classes(cfg: DictConfig, datamodule: AVSDataModule) -> None:
+    """Fill ``model.num_classes`` from the data (1 for S4/MS3, label2idx.json's count for AVSS),
+    or check that a value given by hand matches it."""
+    datamodule.check_root()
+    found = datamodule.num_classes
+    given = cfg.model.get("num_classes")
+    if given is not None and given != found:
+        raise ValueError(
+            f"model.num_classes={given}, but data.root={datamodule.hparams.root} has {found} "
+            "classes (label2idx.json for AVSS). Leave model.num_classes unset (null) to take the "
+            "data's."
+        )
+    with open_dict(cfg):
+        cfg.model.num_classes = found
+
+
+def build_module(cfg: DictConfig) -> AVSLitModule:
+    """The LightningModule: ``cfg.model`` instantiated (net, loss, optimiser and scheduler
+    partials, the training settings), every default from the model's YAML."""
+    log.info(
+        "Instantiating model <%s> with backbone <%s>", cfg.model.net._target_, cfg.backbone.name
+    )
+    return instantiate(cfg.model)
+
+
+def instantiate_group(group: DictConfig | None, kind: str) -> list[Any]:
+    """Callbacks or loggers: every node with a ``_target_``; ``None`` gives ``[]``."""
+    if not group:
+        return []
+    if not isinstance(group, DictConfig):
+        raise TypeError(f"The {kind} config must be a mapping of name -> config, got {group!r}.")
+    built = []
+    for name, node in group.items():
+        if isinstance(node, DictConfig) and "_target_" in node:
+            log.info("Instantiating %s %s <%s>", kind, name, node._target_)
+            built.append(instantiate(node))
+    return built
+
+
+def build_run(
+    cfg: DictConfig, callbacks: DictConfig | None = None
+) -> tuple[AVSDataModule, AVSLitModule, L.Trainer]:
+    """Seed, then build the data, the module (with the data's number of classes), the loggers
+    and the trainer; save the resolved config and log it once."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    log.info("Instantiating datamodule <%s> for %s", cfg.data._target_, cfg.data.task)
+    datamodule = instantiate(cfg.data)
+    set_num_classes(cfg, datamodule)
+    save_resolved_config(cfg)
+    module = build_module(cfg)
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    built_callbacks = instantiate_group(callbacks, "callback")
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    if not loggers and any(isinstance(c, LearningRateMonitor) for c in built_callbacks):
+        log.warning("No logger: the learning-rate monitor is left out.")
+        built_callbacks = [c for c in built_callbacks if not isinstance(c, LearningRateMonitor)]
+    log.info("Instantiating trainer <%s>", cfg.trainer._target_)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=built_callbacks, logger=loggers)
+    log_hyperparameters(cfg, module, trainer)
+    return datamodule, module, trainer
+
+
+def save_resolved_config(cfg: DictConfig) -> Path:
+    """``config.yaml`` in the run directory: the config as run, with num_classes filled in (Hydra's
+    own ``.hydra/config.yaml`` is written before that)."""
+    path = Path(cfg.paths.output_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    OmegaConf.save(cfg, partial, resolve=True)
+    partial.replace(path)
+    return path
+
+
+@rank_zero_only
+def log_hyperparameters(cfg: DictConfig, module: L.LightningModule, trainer: L.Trainer) -> None:
+    """The resolved config and the parameter counts, once per run, to every logger."""
+    if not trainer.loggers:
+        return
+    params = OmegaConf.to_container(cfg, resolve=True)
+    counts = parameter_counts(module)
+    params["model"]["params"] = counts
+    for logger in trainer.loggers:
+        logger.log_hyperparams(params)
+    log.info(
+        "Parameters: %.2fM trainable, %.2fM frozen",
+        counts["trainable"] / 1e6,
+        counts["frozen"] / 1e6,
+    )
+
+
+def refuse_overrides(command: str, arguments: Sequence[str], allowed: Sequence[str]) -> None:
+    """Stop a command that rebuilds its model from a checkpoint when the command line tries to
+    change anything but ``allowed`` (keys, or groups and their keys): a clear message instead of
+    Hydra's "not in struct", and never a model other than the one the checkpoint holds."""
+    for argument in arguments:
+        if argument.startswith("-"):  # Hydra's flags: --multirun, --cfg, ...
+            continue
+        key = argument.split("=", 1)[0].lstrip("+~")
+        if not any(key == name or key.startswith(name + ".") for name in allowed):
+            raise SystemExit(
+                f"{command}: {argument!r} cannot be overridden. The model and its data are rebuilt "
+                "from the config the checkpoint carries, so it is scored as the model it was "
+                f"trained as. Overrides {command} takes: {', '.join(allowed)}. To use another "
+                "model, pass its checkpoint."
+            )

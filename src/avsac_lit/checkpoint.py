@@ -1,0 +1,236 @@
+"""A checkpoint as a trained model: its config, and its model rebuilt from that config.
+
+A checkpoint written by ``avsac_lit.train`` (or ``avsac_lit.convert``) carries its run's resolved
+config and, for AVSS, the class names, so it rebuilds its model on its own: no data, no pretrained
+weight files (its own weights replace them). ``avsac_lit.eval`` and ``avsac_lit.predict`` use that
+config, never one composed again from the command line. Older checkpoints take the run's
+``config.yaml`` (found beside ``checkpoints/``, or passed explicitly).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from PIL import Image
+from torch import Tensor, nn
+
+from avsac_lit.data.avsbench import DATASETS
+from avsac_lit.data.io import normalised_frame, resize_or_crop
+
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+AVSBENCH_FRAME_SIZE = 224  # S4/MS3 frames were stored resized to 224 x 224 by the preprocessing
+
+
+@dataclass
+class TrainedModel:
+    """A model in eval mode with what is needed to feed it and read its output."""
+
+    net: nn.Module
+    config: DictConfig
+    checkpoint: Path
+    class_names: list[str] | None = None
+
+    @property
+    def task(self) -> str:
+        return str(self.config.data.task)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.config.model.num_classes)
+
+    @property
+    def img_size(self) -> int:
+        return int(self.config.data.img_size)
+
+    @property
+    def clip_frames(self) -> int:
+        """Frames of a training clip: 5 for S4/MS3, 10 for AVSS."""
+        return DATASETS[self.task].num_frames
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def frame_tensor(self, image: Image.Image) -> Tensor:
+        """An RGB image as the model's input [3, S, S]: as the loaders prepare AVSBench frames
+        (S4/MS3 frames were first stored at 224 x 224, then resized to the run's size)."""
+        image = image.convert("RGB")
+        if self.task != "avss":
+            image = resize_or_crop(image, AVSBENCH_FRAME_SIZE, crop=False, is_mask=False)
+        return normalised_frame(resize_or_crop(image, self.img_size, crop=False, is_mask=False))
+
+    @torch.no_grad()
+    def __call__(self, frames: Tensor, audio: Tensor) -> dict[str, Tensor]:
+        """One clip: frames [T, 3, S, S], log-mels [T, 1, 96, 64] -> the net's outputs for it,
+        without the batch dimension (``logits`` [T, K, S, S], ...)."""
+        device = self.device
+        valid = torch.ones(1, len(frames), dtype=torch.bool, device=device)
+        outputs = self.net(frames[None].to(device), audio[None].to(device), valid)
+        return {name: value[0] for name, value in outputs.items()}
+
+
+def load_trained(
+    ckpt_path: str | Path,
+    *,
+    config: str | Path | None = None,
+    task: str | None = None,
+    device: str | torch.device = "cpu",
+) -> TrainedModel:
+    """Rebuild the model of a checkpoint written by ``avsac_lit.train``.
+
+    Args:
+        ckpt_path: the ``.ckpt`` file.
+        config: the run's ``config.yaml``, for checkpoints that do not carry their config.
+        task: refuse a checkpoint trained for another task (``s4``, ``ms3`` or ``avss``).
+        device: where the model runs.
+
+    Raises:
+        FileNotFoundError: no checkpoint, or no config for it.
+        ValueError: not a checkpoint of this suite, another task, or a config whose model does not
+            match the weights.
+    """
+    ckpt_path = existing_checkpoint(ckpt_path)
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(
+            f"Cannot read checkpoint {ckpt_path}: {error}. Expected a .ckpt file written by "
+            "avsac_lit.train."
+        ) from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{ckpt_path} is not a Lightning checkpoint (no state_dict).")
+    saved = checkpoint.get("avsac_lit") or {}
+    cfg = run_config(ckpt_path, saved.get("config"), config)
+    trained_task = str(cfg.data.task)
+    if task is not None and task != trained_task:
+        raise ValueError(
+            f"{ckpt_path} was trained for task {trained_task!r} ({cfg.model.name} on "
+            f"{cfg.data.root}), but task={task!r} was asked for. Use a checkpoint trained on "
+            f"{task}, or leave task unset to predict with this one."
+        )
+    state_dict = {
+        name.removeprefix("net."): value
+        for name, value in checkpoint["state_dict"].items()
+        if name.startswith("net.")
+    }
+    check_classes(ckpt_path, state_dict, cfg)
+    with quiet("avsac_lit.models"):  # no "randomly initialised" warnings: weights come next
+        net = instantiate(without_weight_files(cfg.model.net))
+    net.load_state_dict(state_dict)
+    return TrainedModel(
+        net=net.to(device).eval(),
+        config=cfg,
+        checkpoint=ckpt_path,
+        class_names=saved.get("class_names"),
+    )
+
+
+def existing_checkpoint(path: str | Path) -> Path:
+    """``path`` as a Path, or a FileNotFoundError that says what to pass."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={path} does not exist. Pass a checkpoint written by avsac_lit.train, "
+            "e.g. logs/train/runs/<time>/checkpoints/last.ckpt."
+        )
+    return path
+
+
+def checkpoint_config(ckpt_path: str | Path, config: str | Path | None = None) -> DictConfig:
+    """The config of the run that wrote ``ckpt_path`` (see :func:`run_config`), read without
+    loading the weights (the file is memory-mapped)."""
+    ckpt_path = existing_checkpoint(ckpt_path)
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:
+        raise ValueError(
+            f"Cannot read checkpoint {ckpt_path}: {error}. Expected a .ckpt file written by "
+            "avsac_lit.train."
+        ) from error
+    saved = (checkpoint.get("avsac_lit") or {}) if isinstance(checkpoint, dict) else {}
+    return run_config(ckpt_path, saved.get("config"), config)
+
+
+def run_config(ckpt_path: Path, saved: dict | None, explicit: str | Path | None) -> DictConfig:
+    """The run's config: ``explicit``, else the one saved in the checkpoint, else the run
+    directory's ``config.yaml``."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise FileNotFoundError(f"config={path} does not exist.")
+        return upgraded(OmegaConf.load(path))
+    if saved is not None:
+        return upgraded(OmegaConf.create(saved))
+    path = ckpt_path.resolve().parent.parent / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{ckpt_path} carries no config and there is no {path}. Pass the config.yaml of the "
+            "run that wrote the checkpoint: config=logs/train/runs/<time>/config.yaml."
+        )
+    return upgraded(OmegaConf.load(path))
+
+
+def upgraded(cfg: DictConfig) -> DictConfig:
+    """A run config of version 0.1's layout (the BAVD under ``model.bavd``, the width as
+    ``model.dim``, the module assembled by hand) in today's: ``model`` instantiates the
+    LightningModule, the BAVD's settings are the net's. Today's configs pass unchanged."""
+    model = cfg.model
+    if "_target_" in model:
+        return cfg
+    current = OmegaConf.load(CONFIG_DIR / "model" / f"{model.name}.yaml")
+    with open_dict(cfg):
+        bavd = model.net.pop("bavd", None)
+        if bavd is not None:
+            model.net.decoder_layers = bavd.num_layers
+            for key in ("bridge", "agca", "vga_ffn", "heads", "hidden_dim", "dropout"):
+                model.net[key] = bavd[key]
+        for stale in ("bavd", "dim"):
+            model.pop(stale, None)
+        for key, value in current.items():
+            if key not in model:
+                model[key] = value
+    return cfg
+
+
+def check_classes(ckpt_path: Path, state_dict: dict[str, Tensor], cfg: DictConfig) -> None:
+    """The classifier's output channels must be the config's classes (a config from another
+    run would otherwise fail with a wall of shape mismatches)."""
+    weights = [v for k, v in state_dict.items() if k.startswith("head.to_mask.") and v.dim() == 4]
+    if not weights:
+        raise ValueError(f"{ckpt_path} holds no AVS model of this suite (no net.head.to_mask).")
+    classes = weights[-1].shape[0]
+    if classes != cfg.model.num_classes:
+        raise ValueError(
+            f"{ckpt_path} predicts {classes} classes but its config ({cfg.data.task}) says "
+            f"{cfg.model.num_classes}: the config belongs to another run. Pass the config.yaml "
+            "of the run that wrote this checkpoint."
+        )
+
+
+def without_weight_files(net_config: DictConfig) -> DictConfig:
+    """The net's config with every pretrained-weight file and hub download turned off."""
+    net_config = OmegaConf.create(OmegaConf.to_container(net_config, resolve=True))
+    for node in (net_config.get("visual"), net_config.get("audio")):
+        if node is not None:
+            if "weights" in node:
+                node.weights = None
+            if "pretrained" in node:
+                node.pretrained = False
+    return net_config
+
+
+@contextmanager
+def quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

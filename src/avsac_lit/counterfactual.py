@@ -1,0 +1,122 @@
+"""Does the model listen? The test split scored once per audio condition, side by side.
+
+A run with ``test_audio=[matched,shuffled,silent]`` tests the final model once per condition
+(:mod:`avsac_lit.data.conditions`): each test gets the loader of its condition, and the module
+logs under that condition's prefix (``test/``, ``test_shuffled/``, ``test_silent/``). The results
+are laid out as a table, with the synthetic generator's vision-only reference (every visible
+object, sounding or not) when the data has one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.markdown import Markdown
+
+from avsac_lit.data import AVSDataModule
+from avsac_lit.data.conditions import check_condition, metric_prefix
+from avsac_lit.run_record import scalar_metrics
+
+log = logging.getLogger(__name__)
+
+CONDITION_LABELS = {
+    "matched": "true audio",
+    "shuffled": "audio of another clip",
+    "silent": "silence",
+}
+
+
+def audio_conditions(cfg: DictConfig) -> list[str]:
+    """The run's ``test_audio`` conditions, checked."""
+    return [check_condition(c) for c in cfg.get("test_audio") or ["matched"]]
+
+
+def test_conditions(
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: AVSDataModule,
+    conditions: list[str],
+    ckpt_path: str | None,
+) -> dict[str, float]:
+    """Test once per audio condition, each on that condition's test loader; the metrics of each
+    go under its own prefix."""
+    # The loaders are passed to the trainer, not the datamodule, so its data hooks run here.
+    if trainer.is_global_zero:
+        datamodule.prepare_data()
+    trainer.strategy.barrier()
+    datamodule.setup("test")
+    metrics: dict[str, float] = {}
+    for condition in conditions:
+        log.info("Testing with audio condition %r", condition)
+        loader = datamodule.test_dataloader(audio=condition)
+        trainer.test(module, dataloaders=loader, ckpt_path=ckpt_path)
+        metrics |= scalar_metrics(trainer.callback_metrics)
+    return metrics
+
+
+def report_listening(
+    metrics: dict[str, float], conditions: list[str], root: str | Path, output_dir: Path
+) -> None:
+    """``demo_results.md`` in the run directory, also printed."""
+    table = listening_table(metrics, conditions, reference_scores(root))
+    heading = "# Does the model listen? One model, its test split, several audio inputs\n\n"
+    path = output_dir / "demo_results.md"
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(heading + table)
+    partial.replace(path)
+    Console().print(Markdown(table))
+    log.info("Table saved to %s", path)
+
+
+def reference_scores(root: str | Path, split: str = "test") -> dict[str, dict[str, float]]:
+    """The synthetic generator's reference scores of a split (``{}`` for data without them)."""
+    manifest = Path(root) / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    splits = json.loads(manifest.read_text()).get("splits", {})
+    return splits.get(split, {}).get("reference_scores", {})
+
+
+def listening_table(
+    metrics: dict[str, float],
+    conditions: list[str],
+    references: dict[str, dict[str, float]] | None = None,
+) -> str:
+    """A Markdown table: test mIoU and F per audio condition, the gain of the true audio over each
+    counterfactual, and the vision-only reference if given; then the audio share if measured."""
+    lines = [
+        "| test input | mIoU | F | mIoU gain of the true audio |",
+        "|---|---|---|---|",
+    ]
+    matched = metrics.get("test/miou")
+    for condition in conditions:
+        prefix = metric_prefix(condition)
+        miou, fscore = metrics.get(f"{prefix}/miou"), metrics.get(f"{prefix}/f")
+        gain = "" if condition == "matched" or None in (matched, miou) else f"{matched - miou:+.3f}"
+        lines.append(
+            f"| {CONDITION_LABELS[condition]} | {_number(miou)} | {_number(fscore)} | {gain} |"
+        )
+    vision_only = (references or {}).get("vision_only")
+    if vision_only:
+        gain = "" if matched is None else f"{matched - vision_only['miou']:+.3f}"
+        lines.append(
+            f"| reference: vision only (all visible objects) | {vision_only['miou']:.3f} "
+            f"| {vision_only['fscore']:.3f} | {gain} |"
+        )
+    share = metrics.get("test/audio_share")
+    if share is not None:
+        lines += [
+            "",
+            f"Audio share of the final feature (true audio): {share:.3f}, from 0 (the audio "
+            "changes nothing) to 1 (the frames change nothing); docs/metrics.md.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

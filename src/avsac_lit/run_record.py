@@ -1,0 +1,116 @@
+"""What a run records about itself: ``metrics.json`` (final metrics with the facts needed to
+trust them: overrides, commit, hardware, wall time)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
+
+import avsac_lit
+
+log = logging.getLogger(__name__)
+
+
+def run_facts(cfg: DictConfig) -> dict:
+    """What metrics.json records about any run, besides its metrics. Taken when the run starts."""
+    return {
+        "task_name": cfg.task_name,
+        "task": cfg.data.task,
+        "model": cfg.model.name,
+        "backbone": cfg.backbone.name,
+        "seed": cfg.get("seed"),
+        "overrides": hydra_overrides(),
+        "commit": source_version(),
+        "hardware": hardware(),
+        "torch": torch.__version__,
+    }
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Tensors and numbers -> JSON-ready floats (NaN and inf as None)."""
+    scalars = {}
+    for name, value in metrics.items():
+        number = float(value.item() if hasattr(value, "item") else value)
+        scalars[name] = number if math.isfinite(number) else None
+    return scalars
+
+
+@rank_zero_only
+def write_metrics(path: Path, metrics: dict[str, float], **extra: Any) -> None:
+    """``metrics.json``: final metrics plus run facts, for tools that read results without a
+    logger (the report of the paper tables, scripts). Written whole or not at all."""
+    record = {"metrics": dict(sorted(metrics.items())), **extra}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(record, indent=2) + "\n")
+    partial.replace(path)
+    log.info("Metrics written to %s", path)
+
+
+def hydra_overrides() -> list[str]:
+    """The command-line overrides of this run, when running under Hydra."""
+    if HydraConfig.initialized():
+        return list(HydraConfig.get().overrides.task)
+    return []
+
+
+@functools.cache
+def source_version() -> str:
+    """The git commit of the code that runs, ``+dirty`` when the working tree had changes; for
+    an installed package (no checkout around it), ``avsac-lit <version>``. Read once per
+    process: the jobs of a multirun that share a process run the code it imported, whatever
+    happens to the checkout meanwhile."""
+    package = Path(avsac_lit.__file__).resolve().parent
+    repo = package.parents[1]
+    installed = f"avsac-lit {avsac_lit.__version__}"
+    if package != repo / "src" / "avsac_lit" or not (repo / ".git").exists():
+        return installed
+
+    def git(*args: str) -> str:
+        command = ["git", "-C", str(repo), *args]
+        result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=10)
+        return result.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return installed
+    return commit + ("+dirty" if dirty else "")
+
+
+def hardware() -> str:
+    """One line on what the run ran on: the GPUs if any, else the CPU, with the core count."""
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        return f"{count} x {torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"CPU only: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return round(time.perf_counter() - self.start, 1)
