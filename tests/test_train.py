@@ -19,6 +19,7 @@ from avsac_lit.eval import evaluate
 from avsac_lit.eval import main as eval_main
 from avsac_lit.models.avsac import AVSAC
 from avsac_lit.module import MONITOR
+from avsac_lit.train import main as train_main
 from avsac_lit.train import train
 from tests.helpers import EXPERIMENTS, compose_config, eval_run, tiny_run
 
@@ -154,6 +155,13 @@ def test_eval_refuses_to_change_the_checkpoints_model(override, monkeypatch):
     with pytest.raises(SystemExit, match=rf"'{re.escape(override)}' cannot be overridden.*"
                        "rebuilt from the config the checkpoint carries"):  # fmt: skip
         eval_main()
+
+
+def test_a_table_run_names_the_experiment_without_the_plus(monkeypatch):
+    arguments = ["avsac_lit.train", "-m", "+table=table2", "+experiment=s4"]
+    monkeypatch.setattr(sys, "argv", arguments)
+    with pytest.raises(SystemExit, match=r"pick another with experiment=NAME, without the \+"):
+        train_main()
 
 
 def test_resumed_run_continues_from_its_epoch(synth_trees, tmp_path):

@@ -16,6 +16,7 @@ config as run), ``checkpoints/`` (best by val mIoU, and last), the loggers' file
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -65,14 +66,31 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def check_experiment_argument(arguments: list[str]) -> None:
+    """A table's recipe puts the experiment in the defaults list, so a run of a table picks
+    another with ``experiment=NAME``; ``+experiment=`` would only fail in Hydra's words."""
+    keys = {argument.split("=", 1)[0] for argument in arguments}
+    if "+table" in keys and "+experiment" in keys:
+        raise SystemExit(
+            "avsac_lit.train: +table=... already chooses the experiment (its recipe starts from "
+            "one), so pick another with experiment=NAME, without the +: e.g. +table=table2 "
+            "experiment=ms3. Outside a table, +experiment=NAME appends one."
+        )
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig) -> float | None:
     apply_extras(cfg)
     metrics = train(cfg)
     name = cfg.get("optimized_metric")
     if name and name not in metrics:
         log.warning("optimized_metric=%s was not logged; logged: %s", name, ", ".join(metrics))
     return metrics.get(name) if name else None
+
+
+def main() -> None:
+    check_experiment_argument(sys.argv[1:])
+    run()
 
 
 if __name__ == "__main__":
