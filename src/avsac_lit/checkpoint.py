@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 from torch import Tensor, nn
 
+from avsac_lit.build import build_module
 from avsac_lit.data.avsbench import DATASETS
 from avsac_lit.data.io import normalised_frame, resize_or_crop
 
@@ -120,8 +120,10 @@ def load_trained(
         if name.startswith("net.")
     }
     check_classes(ckpt_path, state_dict, cfg)
-    with quiet("avsac_lit.models"):  # no "randomly initialised" warnings: weights come next
-        net = instantiate(without_weight_files(cfg.model.net))
+    with open_dict(cfg):
+        cfg.model.net = without_weight_files(cfg.model.net)  # the checkpoint holds every weight
+    with quiet("avsac_lit"):  # no "randomly initialised" warnings: the weights come next
+        net = build_module(cfg).net
     net.load_state_dict(state_dict)
     return TrainedModel(
         net=net.to(device).eval(),
