@@ -25,6 +25,10 @@ from avsac_lit.models.losses import AVSCriterion
 MONITOR = "val/miou"  # checkpoint selection, as AVSegFormer: best validation mIoU
 
 
+class NonFiniteError(FloatingPointError):
+    """A NaN or infinity in training: the run stops, naming the batch's clips."""
+
+
 def protocol_metrics(num_classes: int) -> MetricCollection:
     """``miou`` and ``f`` as the protocol reports them; ``f_pooled`` (S4/MS3) is the
     batch-independent F, logged as a sanity check (docs/metrics.md)."""
@@ -169,6 +173,14 @@ class AVSLitModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         outputs, losses = self.model_step(batch)
+        self.batch_clips = list(batch["name"])
+        # Every process decides together, so that under DDP none is left waiting for the others.
+        finite = bool(torch.isfinite(losses["loss"]).item())
+        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            parts = ", ".join(f"{name} {value.item():.4g}" for name, value in losses.items())
+            raise NonFiniteError(
+                self.non_finite_message(f"the training loss is not finite ({parts})")
+            )
         self.log_losses("train", losses, batch_size=len(batch["frames"]))
         if batch["mask_valid"].any():
             self.update_metrics("train", outputs, batch)
@@ -231,8 +243,35 @@ class AVSLitModule(L.LightningModule):
         metric.reset()
         return {f"{stage}/audio_share": share}
 
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        bad = [
+            name
+            for name, parameter in self.named_parameters()
+            if parameter.grad is not None and not torch.isfinite(parameter.grad).all()
+        ]
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise NonFiniteError(self.non_finite_message(f"the gradient of {shown} is not finite"))
+
+    def non_finite_message(self, what: str) -> str:
+        clips = ", ".join(map(str, getattr(self, "batch_clips", []))) or "unknown"
+        return (
+            f"Stopped at epoch {self.current_epoch}, step {self.global_step}: {what}, on the "
+            f"batch of clips {clips}. The weights were not updated and no checkpoint was written "
+            "from them; the last checkpoint is the last good state. Check those clips' frames, "
+            "masks and audio (python -m avsac_lit.data.check), or lower model.optimizer.lr."
+        )
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
+        bad = [k for k, v in checkpoint["state_dict"].items() if not torch.isfinite(v).all()]
+        if bad:
+            raise NonFiniteError(
+                f"Refusing to write a checkpoint at epoch {checkpoint.get('epoch')}, step "
+                f"{checkpoint.get('global_step')}: {len(bad)} weight tensors are not finite "
+                f"({bad[0]}, ...). "
+                "The last checkpoint written is the last good state."
+            )
+        datamodule = getattr(self._trainer, "datamodule", None)
         checkpoint["avsac_lit"] = {
             "config": self.run_config,
             "class_names": getattr(datamodule, "class_names", None),

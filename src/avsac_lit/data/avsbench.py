@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from avsac_lit.data.io import (
+    check_finite_audio,
     load_binary_mask,
     load_color_label,
     load_frame,
@@ -241,6 +242,7 @@ class AVSBenchDataset(Dataset):
             )
             raise FileNotFoundError(f"No audio for clip {clip.name}: {both}.")
         examples = self.audio_cache.load(wav_path)
+        check_finite_audio(examples, wav_path)
         if len(examples) == 0:
             raise ValueError(
                 f"Audio {wav_path} is shorter than one VGGish example (0.975 s at 16 kHz)."

@@ -135,7 +135,19 @@ def load_log_mel_pickle(path: Path, expected_shape: tuple[int, ...]) -> torch.Te
             f"{list(expected_shape)} (frames, 1, 96 VGGish frames, 64 mel bands). Delete it to "
             "have it recomputed from the wav, or regenerate it with AVSBench's preprocessing."
         )
+    check_finite_audio(tensor, path)
     return tensor
+
+
+def check_finite_audio(examples: torch.Tensor, path: Path) -> None:
+    """A log-mel with NaN or infinity would turn the loss, and then every weight, into NaN."""
+    bad = (~torch.isfinite(examples)).sum().item()
+    if bad:
+        raise ValueError(
+            f"Log-mel {path} holds {bad} non-finite value(s) (NaN or infinity) of "
+            f"{examples.numel()}. Delete it to have it recomputed from the wav, or regenerate it "
+            "with AVSBench's preprocessing; a wav with non-finite samples needs replacing."
+        )
 
 
 def save_log_mel_pickle(path: Path, examples: torch.Tensor) -> None:
