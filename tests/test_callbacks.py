@@ -126,3 +126,36 @@ def test_avss_grid_names_the_classes_it_shows_and_leaves_out_padding_frames():
     )  # fmt: skip
     assert figure._suptitle.get_text() == "clip\ncar"
     assert len(figure.axes) == 2 * 2 + 1  # two real frames, two rows, and the log-mel
+
+
+def test_a_resume_into_a_new_directory_carries_the_best_checkpoint(tmp_path):
+    from avsac_lit.callbacks import ResumableCheckpoint
+
+    old = tmp_path / "crashed" / "checkpoints"
+    old.mkdir(parents=True)
+    best = old / "epoch_003.ckpt"
+    best.write_bytes(b"the best weights")
+    score = torch.tensor(0.3184)
+    saved = {
+        "monitor": "val/miou", "best_model_score": score, "best_model_path": str(best),
+        "current_score": torch.tensor(0.30), "dirpath": str(old),
+        "best_k_models": {str(best): score}, "kth_best_model_path": str(best), "kth_value": score,
+        "last_model_path": str(old / "last.ckpt"),
+    }  # fmt: skip
+    new_dir = tmp_path / "resumed" / "checkpoints"
+    callback = ResumableCheckpoint(dirpath=new_dir, monitor="val/miou", mode="max", save_top_k=1)
+    callback.load_state_dict(saved)
+    copy = new_dir / "epoch_003.ckpt"
+    assert copy.read_bytes() == b"the best weights" and best.is_file()
+    assert callback.best_model_path == str(copy) and callback.best_model_score == score
+    assert callback.state_key.startswith("ModelCheckpoint{")  # reads Lightning's own checkpoints
+
+    class Strategy:
+        @staticmethod
+        def reduce_boolean_decision(decision, all=True):
+            return decision
+
+    trainer = type("Trainer", (), {"strategy": Strategy()})()
+    # A worse epoch after the resume does not displace the carried best; a better one would.
+    assert not callback.check_monitor_top_k(trainer, torch.tensor(0.0005))
+    assert callback.check_monitor_top_k(trainer, torch.tensor(0.40))

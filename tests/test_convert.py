@@ -142,7 +142,10 @@ def test_the_converted_checkpoint_carries_its_model_recipe_and_origin(converted_
     # ResNet's unused second branch (layer3_2, layer4_2) and the head's fpn and attn_fc.
     layout = official_layout("s4_r50")
     assert origin["dropped_keys"] == sum(rename(key) is None for key, _ in layout) > 0
-    assert all(key.startswith("net.") for key in checkpoint["state_dict"])
+    # The model's weights, and the training system's best validation score (none yet).
+    assert {key for key in checkpoint["state_dict"] if not key.startswith("net.")} == {
+        "val_miou_best.max_value"
+    }
 
 
 # Refusals and the layout table, on shapes only: meta tensors take no memory.

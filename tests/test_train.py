@@ -18,7 +18,7 @@ from avsac_lit.checkpoint import upgraded
 from avsac_lit.eval import evaluate
 from avsac_lit.eval import main as eval_main
 from avsac_lit.models.avsac import AVSAC
-from avsac_lit.module import MONITOR
+from avsac_lit.module import MONITOR, AVSLitModule
 from avsac_lit.train import main as train_main
 from avsac_lit.train import train
 from tests.helpers import EXPERIMENTS, compose_config, eval_run, tiny_run
@@ -211,3 +211,47 @@ def test_wandb_offline_run_writes_its_directory_and_finishes(synth_trees, tmp_pa
     assert any(runs[0].glob("files/media/images/mask/*"))  # the toggleable mask layers
     assert not (tmp_path / "overlays").exists()  # no PNG grids beside W&B
     assert wandb.run is None  # finished, so the next job of a multirun gets its own run
+
+
+def test_a_resumed_run_equals_the_uninterrupted_one(synth_trees, tmp_path, monkeypatch):
+    """Interrupted after epoch 1 of 3 (a crash at the start of epoch 2), then resumed from
+    last.ckpt into a new directory and into its own: every metric as in the run that was never
+    interrupted (its CSV log too), and the best score before the crash kept in the checkpoint."""
+    # The tiny model's dropout draws from the random state, so a lost state would show.
+    run = ["trainer.max_epochs=3", "trainer.limit_train_batches=3", "model.net.dropout=0.1"]
+    run.append("logger=csv")
+    whole = tmp_path / "whole"
+    uninterrupted = train(tiny_run("ms3", synth_trees["ms3"], whole, run))
+
+    original = AVSLitModule.on_train_epoch_start
+
+    def crash_at_epoch_2(self):
+        if self.current_epoch == 2:
+            raise RuntimeError("simulated crash")
+        original(self)
+
+    monkeypatch.setattr(AVSLitModule, "on_train_epoch_start", crash_at_epoch_2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(tiny_run("ms3", synth_trees["ms3"], tmp_path / "crashed", run))
+    monkeypatch.setattr(AVSLitModule, "on_train_epoch_start", original)
+    last = tmp_path / "crashed" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["epoch"] == 1
+    with (whole / "csv" / "metrics.csv").open() as file:
+        rows = [row for row in csv.DictReader(file) if row.get("val/miou")]
+    before_crash = max(float(row["val/miou"]) for row in rows if int(row["epoch"]) < 2)
+    assert checkpoint["state_dict"]["val_miou_best.max_value"].item() == pytest.approx(
+        before_crash, abs=1e-7
+    )
+    for directory in ("resumed", "crashed"):  # a new directory, then the crashed run's own
+        resumed = train(
+            tiny_run("ms3", synth_trees["ms3"], tmp_path / directory, [*run, f"ckpt_path={last}"])
+        )
+        assert resumed == uninterrupted, directory  # bit-identical, val/miou_best included
+        # The CSV log holds the whole history, the epochs before the crash included.
+        assert csv_rows(tmp_path / directory) == csv_rows(whole), directory
+
+
+def csv_rows(run_dir: Path) -> list[dict[str, float]]:
+    with (run_dir / "csv" / "metrics.csv").open() as file:
+        return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(file)]

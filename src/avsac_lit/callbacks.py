@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BaseFinetuning, Callback
+from lightning.pytorch.callbacks import BaseFinetuning, Callback, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from torch.optim import Optimizer
 from torch.utils.data import Dataset, default_collate
@@ -149,3 +150,48 @@ def validation_dataset(trainer: L.Trainer) -> Dataset:
     loaders = trainer.val_dataloaders
     loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
     return loader.dataset
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint whose best-k tracking survives a resume into a new run
+    directory (the README's default): the interrupted run's best checkpoints are copied into this
+    run's ``checkpoints/`` (to a temporary name, then renamed) and tracked there with their
+    scores, so an epoch worse than them never becomes the best, and the best one is what the end
+    of training tests. Lightning's own class forgets the scores when the directory changes."""
+
+    @property
+    def state_key(self) -> str:
+        # The key of the class it extends, so that either reads the other's checkpoints.
+        return f"ModelCheckpoint{super().state_key.removeprefix(type(self).__qualname__)}"
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        previous = state_dict.get("dirpath")
+        if previous is None or self.dirpath is None or previous == self.dirpath:
+            return super().load_state_dict(state_dict)
+        copies = {}
+        for path in state_dict.get("best_k_models", {}):
+            source = Path(path)
+            if not source.is_file():
+                log.warning("Best checkpoint %s of the resumed run is gone: not tracked.", source)
+                continue
+            target = Path(self.dirpath) / source.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(target.name + ".partial")
+            shutil.copyfile(source, partial)
+            partial.replace(target)
+            copies[path] = str(target)
+        log.info("Best checkpoints of the resumed run copied into %s: %s", self.dirpath,
+                 ", ".join(Path(c).name for c in copies.values()) or "none")  # fmt: skip
+        scores = state_dict.get("best_k_models", {})
+        super().load_state_dict(
+            {
+                **state_dict,
+                "dirpath": self.dirpath,
+                "best_k_models": {copies[p]: scores[p] for p in copies},
+                "best_model_path": copies.get(state_dict.get("best_model_path"), ""),
+                "kth_best_model_path": copies.get(state_dict.get("kth_best_model_path"), ""),
+                "last_model_path": "",  # this run writes its own
+            }
+        )
+        if not self.best_model_path:
+            self.best_model_score = None

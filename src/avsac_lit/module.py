@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -23,6 +25,30 @@ from avsac_lit.metrics import (
 from avsac_lit.models.losses import AVSCriterion
 
 MONITOR = "val/miou"  # checkpoint selection, as AVSegFormer: best validation mIoU
+
+
+def random_state() -> dict:
+    """The random generators a run draws from: Python's, NumPy's, torch's (CPU and CUDA), in
+    plain types, so that checkpoints still load with ``torch.load(weights_only=True)``."""
+    # The legacy global NumPy generator is the one seed_everything seeds and libraries draw from.
+    name, keys, position, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
+    return {
+        "python": random.getstate(),
+        "numpy": [name, keys.tolist(), position, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_random_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached = state["numpy"]
+    keys = np.asarray(keys, dtype=np.uint32)
+    np.random.set_state((name, keys, position, has_gauss, cached))  # noqa: NPY002
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class NonFiniteError(FloatingPointError):
@@ -122,6 +148,10 @@ class AVSLitModule(L.LightningModule):
         )
         self.audio_share = nn.ModuleDict({"val": AudioShare(), "test": AudioShare()})
         self.val_miou_best = MaxMetric()
+        # In the checkpoint, so that a resumed run (and a sweeper reading val/miou_best) keeps the
+        # best score reached before the interruption.
+        self.val_miou_best.persistent(True)
+        self.resumed_random_state: dict | None = None
         self.test_prefix = "test"
         # The resolved run config, saved into every checkpoint (``build_run`` sets it), so that a
         # checkpoint alone rebuilds its model: avsac_lit.predict and the notebooks.
@@ -166,10 +196,16 @@ class AVSLitModule(L.LightningModule):
             )  # fmt: skip
 
     def on_train_start(self) -> None:
-        # The sanity check's batches must not count towards the first epoch or the best score.
+        # The sanity check's batches must not count towards the first epoch.
         self.stage_metrics("val").reset()
         self.audio_share["val"].reset()
-        self.val_miou_best.reset()
+
+    def on_train_epoch_start(self) -> None:
+        # A resumed run draws its shuffles, dropout masks and augmentations from the random state
+        # the uninterrupted run had when it wrote the checkpoint, so it continues identically.
+        if self.resumed_random_state is not None:
+            set_random_state(self.resumed_random_state)
+            self.resumed_random_state = None
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         outputs, losses = self.model_step(batch)
@@ -263,7 +299,9 @@ class AVSLitModule(L.LightningModule):
         )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        bad = [k for k, v in checkpoint["state_dict"].items() if not torch.isfinite(v).all()]
+        # The weights only: the best score starts at -inf before the first validation.
+        weights = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+        bad = [k for k, v in weights.items() if not torch.isfinite(v).all()]
         if bad:
             raise NonFiniteError(
                 f"Refusing to write a checkpoint at epoch {checkpoint.get('epoch')}, step "
@@ -275,7 +313,14 @@ class AVSLitModule(L.LightningModule):
         checkpoint["avsac_lit"] = {
             "config": self.run_config,
             "class_names": getattr(datamodule, "class_names", None),
+            "random_state": random_state(),
         }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Checkpoints written before the best score was saved: start it from nothing.
+        best = "val_miou_best.max_value"
+        checkpoint["state_dict"].setdefault(best, torch.tensor(float("-inf")))
+        self.resumed_random_state = (checkpoint.get("avsac_lit") or {}).get("random_state")
 
     def warmup_factor(self) -> float:
         """The share of the scheduled learning rate the next optimiser step uses."""

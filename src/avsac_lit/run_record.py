@@ -3,6 +3,7 @@ trust them: overrides, commit, hardware, wall time)."""
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import logging
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
@@ -114,3 +116,44 @@ class Stopwatch:
     @property
     def seconds(self) -> float:
         return round(time.perf_counter() - self.start, 1)
+
+
+def csv_history(ckpt_path: str | Path | None) -> list[dict[str, float]]:
+    """The rows of ``csv/metrics.csv`` that the run which wrote ``ckpt_path`` logged up to that
+    checkpoint's epoch; read before a resumed run's CSV logger starts (which deletes the file when
+    the run resumes in its own directory). Rows of the interrupted epoch are left out: the
+    resumed run trains it again."""
+    if not ckpt_path:
+        return []
+    ckpt_path = Path(ckpt_path)
+    table = ckpt_path.resolve().parent.parent / "csv" / "metrics.csv"
+    if not table.is_file():
+        return []
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    epoch, step = checkpoint["epoch"], checkpoint["global_step"]
+    with table.open(newline="") as file:
+        rows = [
+            {key: float(value) for key, value in row.items() if value not in ("", None)}
+            for row in csv.DictReader(file)
+        ]
+
+    # Rows without an epoch (the learning rate, logged as an epoch starts) go by their step.
+    def before_the_checkpoint(row: dict[str, float]) -> bool:
+        return row["epoch"] <= epoch if "epoch" in row else row["step"] < step
+
+    return [row for row in rows if before_the_checkpoint(row)]
+
+
+def carry_csv_history(trainer, rows: list[dict[str, float]]) -> None:
+    """Write ``rows`` first into the CSV logger's ``metrics.csv``, so that a resumed run's file
+    holds the whole history, as the uninterrupted run's would."""
+    for logger in trainer.loggers:
+        if isinstance(logger, CSVLogger) and rows:
+            for row in rows:
+                metrics = {
+                    k: (int(v) if k == "epoch" else v) for k, v in row.items() if k != "step"
+                }
+                logger.experiment.log_metrics(metrics, step=int(row["step"]))
+            logger.experiment.save()
+            log.info("Carried %d rows of the resumed run's metrics.csv into %s", len(rows),
+                     logger.experiment.metrics_file_path)  # fmt: skip

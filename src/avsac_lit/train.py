@@ -25,7 +25,14 @@ from omegaconf import DictConfig
 from avsac_lit.build import CONFIG_PATH, build_run
 from avsac_lit.cli import apply_extras, task_wrapper
 from avsac_lit.counterfactual import audio_conditions, report_listening, test_conditions
-from avsac_lit.run_record import Stopwatch, run_facts, scalar_metrics, write_metrics
+from avsac_lit.run_record import (
+    Stopwatch,
+    carry_csv_history,
+    csv_history,
+    run_facts,
+    scalar_metrics,
+    write_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +44,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     clock = Stopwatch()
     facts = run_facts(cfg)  # before the run: the code version is the one that runs
     conditions = audio_conditions(cfg)
+    history = csv_history(cfg.get("ckpt_path")) if cfg.get("train") else []
     datamodule, module, trainer = build_run(cfg, callbacks=cfg.get("callbacks"))
+    carry_csv_history(trainer, history)
 
     if cfg.get("train"):
         if cfg.get("ckpt_path"):
