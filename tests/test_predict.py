@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from fractions import Fraction
@@ -233,3 +234,16 @@ def test_cli(checkpoint, seven_seconds, tmp_path):
     subprocess.run(command, check=True, capture_output=True, timeout=300)
     assert (out / "overlay.mp4").is_file() and (out / "predictions.json").is_file()
     assert (out / "predict.log").is_file() and (out / ".hydra" / "overrides.yaml").is_file()
+
+
+def test_predict_refuses_an_output_that_cannot_be_a_directory(tmp_path, monkeypatch):
+    from avsac_lit.predict import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    arguments = ["predict", "ckpt_path=x.ckpt", "input=x.mp4", f"output={blocker}/out"]
+    monkeypatch.setattr(sys, "argv", arguments)
+    with pytest.raises(
+        SystemExit, match=rf"output={re.escape(str(blocker))}/out cannot be written"
+    ):
+        main()

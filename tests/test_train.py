@@ -121,6 +121,9 @@ def test_train_then_eval_gives_the_same_test_metrics(synth_trees, tmp_path):
     evaluated = evaluate(eval_run(Path(best), tmp_path / "eval"))
     for name in ("test/miou", "test/f", "test/f_pooled"):
         assert evaluated[name] == pytest.approx(trained[name], abs=1e-6)
+    # A DDP trainer group changes nothing: the protocol is scored on one process.
+    on_ddp = evaluate(eval_run(Path(best), tmp_path / "eval_ddp", ["trainer=ddp_sim"]))
+    assert on_ddp == evaluated
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["checkpoint"] == str(
         Path(best).resolve()
     )
@@ -162,6 +165,20 @@ def test_a_table_run_names_the_experiment_without_the_plus(monkeypatch):
     monkeypatch.setattr(sys, "argv", arguments)
     with pytest.raises(SystemExit, match=r"pick another with experiment=NAME, without the \+"):
         train_main()
+
+
+def test_eval_refuses_an_unreadable_checkpoint_naming_it(tmp_path):
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=rf"Cannot read checkpoint {re.escape(str(empty))}"):
+        evaluate(eval_run(empty, tmp_path / "eval"))
+
+
+def test_a_trainer_count_that_is_not_a_number_stops_before_anything_is_built(synth_trees, tmp_path):
+    cfg = tiny_run("ms3", synth_trees["ms3"], tmp_path, ["trainer.max_epochs=abc"])
+    with pytest.raises(ValueError, match=r"trainer\.max_epochs='abc': expected a whole number"):
+        train(cfg)
+    assert not (tmp_path / "config.yaml").exists()  # nothing was built or written
 
 
 def test_resumed_run_continues_from_its_epoch(synth_trees, tmp_path):

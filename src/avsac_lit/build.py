@@ -93,6 +93,7 @@ def build_run(
 ) -> tuple[AVSDataModule, AVSLitModule, L.Trainer]:
     """Seed, then build the data, the module (with the data's number of classes), the loggers
     and the trainer; save the resolved config and log it once."""
+    check_trainer_settings(cfg.trainer)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     log.info("Instantiating datamodule <%s> for %s", cfg.data._target_, cfg.data.task)
@@ -110,6 +111,22 @@ def build_run(
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=built_callbacks, logger=loggers)
     log_hyperparameters(cfg, module, trainer)
     return datamodule, module, trainer
+
+
+# Trainer settings that must be whole numbers (or null), checked before anything is built: a
+# string there would fail only after the model is built and the sanity check has run.
+COUNTS = ("max_epochs", "min_epochs", "max_steps", "num_nodes", "check_val_every_n_epoch",
+          "log_every_n_steps", "num_sanity_val_steps", "accumulate_grad_batches")  # fmt: skip
+
+
+def check_trainer_settings(trainer: DictConfig) -> None:
+    for key in COUNTS:
+        value = trainer.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(
+                f"trainer.{key}={value!r}: expected a whole number (or null), e.g. "
+                f"trainer.{key}=30."
+            )
 
 
 def save_resolved_config(cfg: DictConfig) -> Path:

@@ -47,6 +47,14 @@ def run_config_for_test(cfg: DictConfig, checkpoint: Path) -> DictConfig:
         for node in ("trainer", "logger", "paths", "extras"):
             run[node] = OmegaConf.to_container(cfg[node], resolve=True) if cfg.get(node) else None
         run.callbacks = None
+        # One process whatever the trainer group says: the protocol's per-batch F-score needs the
+        # split's batches as one process forms them, and DDP would pad the split with repeats.
+        run.trainer.devices, run.trainer.num_nodes = 1, 1
+        if "ddp" in str(run.trainer.get("strategy", "auto")):
+            log.info(
+                "Evaluating on one process (trainer.strategy=%s ignored).", run.trainer.strategy
+            )
+            run.trainer.strategy = "auto"
     return run
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
@@ -298,8 +299,23 @@ def run(cfg: DictConfig) -> None:
         log.info("%s: %s", kind, path)
 
 
+def check_output_argument(arguments: list[str]) -> None:
+    """Hydra logs into ``output`` before the task starts; one that cannot be a directory would
+    fail there with "Unable to configure handler 'file'" and no path."""
+    for argument in arguments:
+        if argument.startswith("output="):
+            output = Path(argument.split("=", 1)[1]).expanduser()
+            existing = next(path for path in (output, *output.parents) if path.exists())
+            if not existing.is_dir() or not os.access(existing, os.W_OK):
+                raise SystemExit(
+                    f"avsac_lit.predict: output={output} cannot be written: {existing} is not a "
+                    "writable directory. Pass a directory you can write to (it is created)."
+                )
+
+
 def main() -> None:
     refuse_overrides("avsac_lit.predict", sys.argv[1:], SETTINGS)
+    check_output_argument(sys.argv[1:])
     run()
 
 
