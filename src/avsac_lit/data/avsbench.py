@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from avsac_lit.data.io import (
     check_finite_audio,
+    image_size,
     load_binary_mask,
     load_color_label,
     load_frame,
@@ -281,11 +282,12 @@ class _ObjectDataset(AVSBenchDataset):
 
     def __getitem__(self, index: int) -> dict:
         clip = self.clips[index]
-        frames = torch.stack([load_frame(path, self.img_size) for path in self.frame_paths(clip)])
+        frame_paths = self.frame_paths(clip)
+        frames = torch.stack([load_frame(path, self.img_size) for path in frame_paths])
         masks = torch.zeros(self.num_frames, self.img_size, self.img_size)
         mask_valid = torch.zeros(self.num_frames, dtype=torch.bool)
         for k, path in enumerate(self.mask_paths(clip)):
-            masks[k] = load_binary_mask(path, self.img_size)
+            masks[k] = load_binary_mask(path, self.img_size, image_size(frame_paths[k]))
             mask_valid[k] = True
         return {
             "frames": frames,

@@ -18,6 +18,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file, read from its header."""
+    with Image.open(path) as image:
+        return image.size
+
+
 def open_image(path: Path, mode: str) -> Image.Image:
     """Open ``path`` and convert it to the PIL ``mode``, with errors that name the file."""
     if not path.is_file():
@@ -60,14 +66,25 @@ def normalised_frame(image: Image.Image) -> torch.Tensor:
     return TF.normalize(tensor, IMAGENET_MEAN, IMAGENET_STD)
 
 
-def load_binary_mask(path: Path, size: int) -> torch.Tensor:
+def load_binary_mask(
+    path: Path, size: int, frame_size: tuple[int, int] | None = None
+) -> torch.Tensor:
     """A sounding-object mask as float 0/1 [size, size].
 
     Any non-zero pixel is foreground. The reference code relies on masks stored as exactly 0/255
     (``convert('1')`` or ``/255``); ``> 0`` gives the same result on those and does not silently
-    produce fractional targets on masks saved with other values.
+    produce fractional targets on masks saved with other values. ``frame_size`` (width, height):
+    the size of the mask's frame, which the mask must have.
     """
-    image = resize_or_crop(open_image(path, "L"), size, crop=False, is_mask=True)
+    image = open_image(path, "L")
+    if frame_size is not None and image.size != tuple(frame_size):
+        raise ValueError(
+            f"Mask {path} is {image.size[0]} x {image.size[1]} pixels but its frame is "
+            f"{frame_size[0]} x {frame_size[1]}: resized to the same square, it would be "
+            "stretched onto the frame and mark the wrong pixels. Make the mask from its frame "
+            "(the same size), or resize frame and mask alike."
+        )
+    image = resize_or_crop(image, size, crop=False, is_mask=True)
     return torch.from_numpy(np.asarray(image) > 0).float()
 
 

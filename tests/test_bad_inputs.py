@@ -1,5 +1,6 @@
-"""NaN and infinity never pass silently: bad audio is refused by the loaders with its file named, a
-non-finite loss stops training with the batch's clips named, and no checkpoint holds NaN."""
+"""Bad inputs never pass silently (docs/bad_inputs.md): NaN audio is refused with its file named, a
+non-finite loss or gradient stops training with the batch's clips named, no checkpoint holds NaN,
+and a mask that does not fit its frame is refused."""
 
 from __future__ import annotations
 
@@ -89,3 +90,17 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(trained_runs):
         next(module.net.head.parameters()).fill_(float("inf"))
     with pytest.raises(NonFiniteError, match=r"Refusing to write a checkpoint.*net\.head\."):
         module.on_save_checkpoint({"state_dict": module.state_dict()})
+
+
+def test_a_mask_of_another_size_than_its_frame_is_refused_naming_it(synth_copy):
+    from PIL import Image
+
+    root = synth_copy("ms3")
+    mask_path = sorted(root.rglob("gt_masks/val/**/*.png"))[0]
+    with Image.open(mask_path) as mask:
+        width, height = mask.size
+        mask.resize((width // 2, height)).save(mask_path)
+    dataset = build_dataset("ms3", root, "val", img_size=32)
+    index = next(i for i, clip in enumerate(dataset.clips) if clip.name == mask_path.parent.name)
+    with pytest.raises(ValueError, match=rf"Mask {re.escape(str(mask_path))} is {width // 2} x"):
+        dataset[index]
