@@ -96,13 +96,7 @@ def load_trained(
             match the weights.
     """
     ckpt_path = existing_checkpoint(ckpt_path)
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(
-            f"Cannot read checkpoint {ckpt_path}: {error}. Expected a .ckpt file written by "
-            "avsac_lit.train."
-        ) from error
+    checkpoint = read_checkpoint(ckpt_path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{ckpt_path} is not a Lightning checkpoint (no state_dict).")
     saved = checkpoint.get("avsac_lit") or {}
@@ -144,17 +138,23 @@ def existing_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def checkpoint_config(ckpt_path: str | Path, config: str | Path | None = None) -> DictConfig:
-    """The config of the run that wrote ``ckpt_path`` (see :func:`run_config`), read without
-    loading the weights (the file is memory-mapped)."""
-    ckpt_path = existing_checkpoint(ckpt_path)
+def read_checkpoint(ckpt_path: Path, mmap: bool = False) -> dict:
+    """The checkpoint file's contents (``mmap``: tensors mapped, not read), or a ValueError that
+    names the file instead of the reader's own message (an empty or truncated file)."""
     try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:
         raise ValueError(
             f"Cannot read checkpoint {ckpt_path}: {error}. Expected a .ckpt file written by "
             "avsac_lit.train."
         ) from error
+
+
+def checkpoint_config(ckpt_path: str | Path, config: str | Path | None = None) -> DictConfig:
+    """The config of the run that wrote ``ckpt_path`` (see :func:`run_config`), read without
+    loading the weights (the file is memory-mapped)."""
+    ckpt_path = existing_checkpoint(ckpt_path)
+    checkpoint = read_checkpoint(ckpt_path, mmap=True)
     saved = (checkpoint.get("avsac_lit") or {}) if isinstance(checkpoint, dict) else {}
     return run_config(ckpt_path, saved.get("config"), config)
 

@@ -280,14 +280,13 @@ class AVSLitModule(L.LightningModule):
         return {f"{stage}/audio_share": share}
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        bad = [
-            name
-            for name, parameter in self.named_parameters()
-            if parameter.grad is not None and not torch.isfinite(parameter.grad).all()
-        ]
-        if bad:
-            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-            raise NonFiniteError(self.non_finite_message(f"the gradient of {shown} is not finite"))
+        gradients = {n: p.grad for n, p in self.named_parameters() if p.grad is not None}
+        # One check, one synchronisation per step; the names only when it fails.
+        if not gradients or torch.stack([g.isfinite().all() for g in gradients.values()]).all():
+            return
+        bad = [name for name, gradient in gradients.items() if not gradient.isfinite().all()]
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise NonFiniteError(self.non_finite_message(f"the gradient of {shown} is not finite"))
 
     def non_finite_message(self, what: str) -> str:
         clips = ", ".join(map(str, getattr(self, "batch_clips", []))) or "unknown"
