@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -104,3 +105,140 @@ def test_a_mask_of_another_size_than_its_frame_is_refused_naming_it(synth_copy):
     index = next(i for i, clip in enumerate(dataset.clips) if clip.name == mask_path.parent.name)
     with pytest.raises(ValueError, match=rf"Mask {re.escape(str(mask_path))} is {width // 2} x"):
         dataset[index]
+
+
+def _clip_index(dataset, name: str) -> int:
+    return next(i for i, clip in enumerate(dataset.clips) if clip.name == name)
+
+
+def test_a_grey_mask_is_refused_naming_it(synth_copy):
+    from PIL import Image
+
+    root = synth_copy("ms3")
+    mask_path = sorted(root.rglob("gt_masks/val/**/*.png"))[0]
+    with Image.open(mask_path) as mask:
+        grey = np.asarray(mask.convert("L")).astype(np.uint8) // 2  # 0 / 127 ...
+    grey[0, :4] = (10, 60, 200, 250)  # ... and soft edges
+    Image.fromarray(grey).save(mask_path)
+    dataset = build_dataset("ms3", root, "val", img_size=32)
+    with pytest.raises(ValueError, match=rf"Mask {re.escape(str(mask_path))} is not binary"):
+        dataset[_clip_index(dataset, mask_path.parent.name)]
+
+
+def test_masks_stored_as_0_1_or_0_255_are_both_read_as_binary(synth_copy):
+    from PIL import Image
+
+    root = synth_copy("ms3")
+    mask_path = sorted(root.rglob("gt_masks/val/**/*.png"))[0]
+    dataset = build_dataset("ms3", root, "val", img_size=32)
+    index = _clip_index(dataset, mask_path.parent.name)
+    as_0_255 = dataset[index]["masks"]
+    with Image.open(mask_path) as mask:
+        Image.fromarray((np.asarray(mask.convert("L")) > 0).astype(np.uint8)).save(mask_path)
+    assert torch.equal(dataset[index]["masks"], as_0_255) and as_0_255.max() == 1
+
+
+def test_an_avss_label_saved_as_class_ids_is_refused_naming_it(synth_copy):
+    from PIL import Image
+
+    from avsac_lit.data.io import voc_palette
+
+    root = synth_copy("avss")
+    label_path = sorted(root.rglob("labels_rgb/0.png"))[0]
+    with Image.open(label_path) as label:
+        rgb = np.asarray(label.convert("RGB"))
+    palette = voc_palette(71)
+    class_ids = np.zeros(rgb.shape[:2], dtype=np.uint8)
+    for index, colour in enumerate(palette):
+        class_ids[(rgb == colour).all(axis=-1)] = index
+    assert class_ids.max() > 0  # the frame has an object, which a silent decoder would lose
+    Image.fromarray(class_ids, mode="L").save(label_path)
+    uid = label_path.parent.parent.name
+    split = next(s for s in ("train", "val", "test") if uid in _uids(root, s))
+    dataset = build_dataset("avss", root, split, img_size=32)
+    with pytest.raises(ValueError, match=rf"Label {re.escape(str(label_path))}: .*class ids"):
+        dataset[_clip_index(dataset, uid)]
+
+
+def _uids(root, split: str) -> set[str]:
+    import csv
+
+    with (root / "metadata.csv").open(newline="") as handle:
+        return {row["uid"] for row in csv.DictReader(handle) if row["split"] == split}
+
+
+def test_a_colour_outside_the_palette_is_refused_naming_it(synth_copy):
+    from PIL import Image
+
+    root = synth_copy("avss")
+    label_path = sorted(root.rglob("labels_rgb/0.png"))[0]
+    with Image.open(label_path) as label:
+        rgb = np.array(label.convert("RGB"))
+    rgb[0, 0] = (1, 2, 3)
+    Image.fromarray(rgb).save(label_path)
+    uid = label_path.parent.parent.name
+    split = next(s for s in ("train", "val", "test") if uid in _uids(root, s))
+    dataset = build_dataset("avss", root, split, img_size=32)
+    with pytest.raises(ValueError, match=r"1 of \d+ pixels have colours outside .*\(1, 2, 3\)"):
+        dataset[_clip_index(dataset, uid)]
+
+
+def _edit_metadata(path, edit) -> None:
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(edit(lines)) + "\n")
+
+
+def test_an_unknown_split_name_is_refused_naming_the_line(synth_copy):
+    root = synth_copy("ms3")
+    metadata = root / "ms3_meta_data.csv"
+    lines = metadata.read_text().splitlines()
+    line = next(n for n, text in enumerate(lines) if text.endswith(",train"))
+    lines[line] = lines[line].removesuffix("train") + "Train"
+    metadata.write_text("\n".join(lines) + "\n")
+    where = rf"{re.escape(str(metadata))}, line {line + 1}"
+    with pytest.raises(ValueError, match=rf"{where}: .*'Train'"):
+        build_dataset("ms3", root, "val", img_size=32)
+
+
+def test_a_clip_listed_twice_is_refused_naming_both_lines(synth_copy):
+    root = synth_copy("s4")
+    metadata = root / "s4_meta_data.csv"
+    _edit_metadata(metadata, lambda lines: [*lines, lines[3]])
+    count = len(metadata.read_text().splitlines())
+    with pytest.raises(ValueError, match=rf"line {count}: clip .* again \(first on line 4\)"):
+        build_dataset("s4", root, "test", img_size=32)
+
+
+def test_a_listed_clip_without_files_names_what_is_missing(synth_copy):
+    import shutil
+
+    root = synth_copy("ms3")
+    dataset = build_dataset("ms3", root, "val", img_size=32)
+    clip = dataset.clips[-1]
+    shutil.rmtree(dataset.frame_paths(clip)[0].parent)
+    shutil.rmtree(dataset.mask_paths(clip)[0].parent)
+    for path in dataset.audio_paths(clip):
+        path.unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError) as raised:
+        dataset[len(dataset) - 1]
+    message = str(raised.value)
+    assert f"Clip {clip.name}, listed in {root / 'ms3_meta_data.csv'}" in message
+    assert all(f"{kind}: 5 missing" in message for kind in ("frames", "masks"))
+    assert "audio: 2 missing" in message and "delete its row" in message
+
+
+def test_data_check_fails_on_a_grey_mask_naming_it(synth_copy, capsys):
+    from PIL import Image
+
+    from avsac_lit.data.check import main as check_main
+
+    root = synth_copy("ms3")
+    mask_path = sorted(root.rglob("gt_masks/test/**/*.png"))[0]
+    with Image.open(mask_path) as mask:
+        grey = np.array(mask.convert("L"))
+    grey[0, :3] = (10, 20, 30)  # anti-aliased edges
+    Image.fromarray(grey).save(mask_path)
+    code = check_main(["--task", "ms3", "--root", str(root), "--img-size", "32", "--workers", "0"])
+    output = capsys.readouterr().out.replace("\n", "")
+    assert code == 2 and "Check failed" in output and mask_path.name in output
+    assert "Every item matches" not in output

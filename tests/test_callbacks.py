@@ -4,6 +4,7 @@ optimiser), and the validation overlays."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -159,3 +160,49 @@ def test_a_resume_into_a_new_directory_carries_the_best_checkpoint(tmp_path):
     # A worse epoch after the resume does not displace the carried best; a better one would.
     assert not callback.check_monitor_top_k(trainer, torch.tensor(0.0005))
     assert callback.check_monitor_top_k(trainer, torch.tensor(0.40))
+
+
+def test_a_checkpoint_write_that_fails_leaves_the_previous_file_and_no_temp_file(
+    tmp_path, monkeypatch
+):
+    import tempfile
+
+    from avsac_lit.callbacks import AtomicCheckpointIO
+
+    system_temp = tmp_path / "system_temp"
+    system_temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_temp))
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    writer = AtomicCheckpointIO()
+    writer.save_checkpoint({"step": 1}, path)
+    assert torch.load(path)["step"] == 1
+
+    original_save = torch.save
+
+    def killed_midway(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt  # what a kill looks like from inside
+
+    monkeypatch.setattr(torch, "save", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        writer.save_checkpoint({"step": 2}, path)
+    monkeypatch.setattr(torch, "save", original_save)
+    assert torch.load(path)["step"] == 1  # the previous good file
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+    assert list(system_temp.iterdir()) == []  # nothing staged in $TMPDIR
+
+
+def test_leftovers_of_interrupted_writes_are_removed(tmp_path):
+    import os
+    import time
+
+    from avsac_lit.atomic import remove_leftovers
+
+    old, fresh, kept = (tmp_path / n for n in ("a.ckpt.partial", "b.pt.partial", "c.ckpt"))
+    for path in (old, fresh, kept):
+        path.write_bytes(b"x")
+    hour_ago = time.time() - 3700
+    os.utime(old, (hour_ago, hour_ago))
+    assert remove_leftovers(tmp_path, older_than_s=3600) == [old]  # a live writer's is spared
+    assert remove_leftovers(tmp_path) == [fresh]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.ckpt"]

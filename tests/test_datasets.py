@@ -114,8 +114,10 @@ def test_palette_and_decoding_follow_pascal_voc():
     assert palette[:5].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128]]
     assert len({tuple(c) for c in palette}) == 71
     rgb = np.array([[[128, 0, 0], [0, 0, 128]], [[1, 2, 3], [0, 0, 0]]], dtype=np.uint8)
-    # An unknown colour decodes to background, as in the reference decoder.
-    assert rgb_to_class_ids(rgb, palette).tolist() == [[1, 4], [0, 0]]
+    # An unknown colour decodes to background, as in the reference decoder, and is flagged.
+    class_ids, in_palette = rgb_to_class_ids(rgb, palette)
+    assert class_ids.tolist() == [[1, 4], [0, 0]]
+    assert in_palette.tolist() == [[True, True], [False, True]]
 
 
 def test_wav_fallback_equals_the_published_pickle(synth_copy, tmp_path):
@@ -220,8 +222,11 @@ def test_missing_audio_names_both_candidates(synth_copy):
     pickle_path, wav_path = dataset.audio_paths(dataset.clips[1])
     pickle_path.unlink()
     wav_path.unlink()
-    with pytest.raises(FileNotFoundError, match=r"neither .*pkl nor .*wav exists"):
+    with pytest.raises(FileNotFoundError) as raised:
         dataset[1]
+    message = str(raised.value)
+    assert f"Clip {dataset.clips[1].name}" in message and "audio: 2 missing" in message
+    assert str(pickle_path) in message and "frames" not in message and "masks" not in message
 
 
 @pytest.mark.parametrize(

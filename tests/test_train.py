@@ -6,6 +6,7 @@ import copy
 import csv
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -272,3 +273,73 @@ def test_a_resumed_run_equals_the_uninterrupted_one(synth_trees, tmp_path, monke
 def csv_rows(run_dir: Path) -> list[dict[str, float]]:
     with (run_dir / "csv" / "metrics.csv").open() as file:
         return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(file)]
+
+
+def test_a_run_resumed_mid_epoch_continues_that_epoch_and_says_so(
+    synth_trees, tmp_path, caplog, monkeypatch
+):
+    """A checkpoint written after 2 of epoch 1's 6 batches (every_n_train_steps; Lightning
+    writes none before the first validation), then a crash: the resumed run trains the other 4,
+    the same ones with the same random draws as the run that was never interrupted, so it ends
+    with the same weights and validation scores, and warns that the epoch's train/ metrics cover
+    only those batches."""
+    run = [
+        "trainer.max_epochs=2", "data.train_batch_size=1", "model.net.dropout=0.1",
+        "+callbacks.model_checkpoint.every_n_train_steps=1", "test=false",
+    ]  # fmt: skip
+    tree = synth_trees["ms3"]
+    whole = train(tiny_run("ms3", tree, tmp_path / "whole", run))
+    original = AVSLitModule.training_step
+
+    def crash_at_the_third_batch(self, batch, batch_idx):
+        if self.global_step == 8:
+            raise RuntimeError("simulated crash")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(AVSLitModule, "training_step", crash_at_the_third_batch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(tiny_run("ms3", tree, tmp_path / "stopped", run))
+    monkeypatch.setattr(AVSLitModule, "training_step", original)
+    last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 8
+    resumed = train(tiny_run("ms3", tree, tmp_path / "resumed", [*run, f"ckpt_path={last}"]))
+    assert "in the middle of epoch 1 after 2 of its 6 batches" in caplog.text
+    for name in ("val/miou", "val/f", "val/loss", "val/miou_best"):
+        assert resumed[name] == whole[name], name
+
+    def weights(run_dir: Path) -> dict:
+        saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+        return {k: v for k, v in saved["state_dict"].items() if k.startswith("net.")}
+
+    expected = weights(tmp_path / "whole")
+    assert all(torch.equal(v, expected[k]) for k, v in weights(tmp_path / "resumed").items())
+
+
+def test_a_resume_removes_what_a_kill_left_in_the_checkpoints(synth_trees, tmp_path):
+    """A kill during a checkpoint write leaves a .partial; one between writing a new best and
+    deleting the old leaves a best the checkpoint does not track. Resuming in the same directory
+    removes both: one best and last.ckpt remain."""
+    run = ["trainer.limit_train_batches=1", "test=false"]
+    tree, run_dir = synth_trees["ms3"], tmp_path / "run"
+    train(tiny_run("ms3", tree, run_dir, [*run, "trainer.max_epochs=1"]))
+    checkpoints = run_dir / "checkpoints"
+    (checkpoints / "last.ckpt.partial").write_bytes(b"torn write")
+    shutil.copyfile(checkpoints / "last.ckpt", checkpoints / "epoch_007.ckpt")
+    resume = [*run, "trainer.max_epochs=2", f"ckpt_path={checkpoints / 'last.ckpt'}"]
+    train(tiny_run("ms3", tree, run_dir, resume))
+    left = sorted(p.name for p in checkpoints.iterdir())
+    assert len(left) == 2 and "last.ckpt" in left and left[0].startswith("epoch_00"), left
+
+
+def test_resuming_a_checkpoint_of_another_task_is_refused(trained_runs, synth_trees, tmp_path):
+    ms3 = trained_runs / "0" / "checkpoints" / "last.ckpt"
+    cfg = tiny_run("s4", synth_trees["s4"], tmp_path, [f"ckpt_path={ms3}"])
+    with pytest.raises(ValueError, match=r"data.task: 'ms3' in the checkpoint, 's4' in this run"):
+        train(cfg)
+
+
+def test_eval_names_the_task_when_data_root_holds_another(trained_runs, synth_trees, tmp_path):
+    ms3 = trained_runs / "0" / "checkpoints" / "last.ckpt"
+    cfg = eval_run(ms3, tmp_path, [f"data.root={synth_trees['s4']}"])
+    with pytest.raises(FileNotFoundError, match=r"holds AVSBench S4 .* the task here is MS3"):
+        evaluate(cfg)

@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from avsac_lit.atomic import atomic_path
 from avsac_lit.data import AVSDataModule
 from avsac_lit.models.counting import parameter_counts
 from avsac_lit.module import AVSLitModule
@@ -134,9 +135,8 @@ def save_resolved_config(cfg: DictConfig) -> Path:
     own ``.hydra/config.yaml`` is written before that)."""
     path = Path(cfg.paths.output_dir) / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    OmegaConf.save(cfg, partial, resolve=True)
-    partial.replace(path)
+    with atomic_path(path) as partial:
+        OmegaConf.save(cfg, partial, resolve=True)
     return path
 
 

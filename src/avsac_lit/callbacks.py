@@ -5,15 +5,18 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BaseFinetuning, Callback, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.optim import Optimizer
 from torch.utils.data import Dataset, default_collate
 
+from avsac_lit.atomic import atomic_path, fsync_file, remove_leftovers
 from avsac_lit.models.backbone import VisualBackbone
 from avsac_lit.viz import GROUND_TRUTH, clip_figure, frames_to_uint8, log_mel_image, predicted_masks
 
@@ -175,10 +178,8 @@ class ResumableCheckpoint(ModelCheckpoint):
                 log.warning("Best checkpoint %s of the resumed run is gone: not tracked.", source)
                 continue
             target = Path(self.dirpath) / source.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(target.name + ".partial")
-            shutil.copyfile(source, partial)
-            partial.replace(target)
+            with atomic_path(target) as partial:
+                shutil.copyfile(source, partial)
             copies[path] = str(target)
         log.info("Best checkpoints of the resumed run copied into %s: %s", self.dirpath,
                  ", ".join(Path(c).name for c in copies.values()) or "none")  # fmt: skip
@@ -195,3 +196,39 @@ class ResumableCheckpoint(ModelCheckpoint):
         )
         if not self.best_model_path:
             self.best_model_score = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.dirpath is not None:
+            remove_leftovers(self.dirpath)
+            self.remove_untracked(trainer.ckpt_path)
+
+    def remove_untracked(self, resumed_from: str | None) -> None:
+        """Delete checkpoints in ``dirpath`` that the resumed state does not track: a kill
+        between writing a new best and deleting the old one leaves both, and the resumed run
+        would keep the orphan beside its own (Lightning only deletes what it tracks)."""
+        if not resumed_from or not Path(self.dirpath).is_dir():
+            return
+        keep = {Path(p).resolve() for p in self.best_k_models} | {Path(resumed_from).resolve()}
+        for path in sorted(Path(self.dirpath).glob("*" + self.FILE_EXTENSION)):
+            if path.resolve() in keep or path.stem.startswith(self.CHECKPOINT_NAME_LAST):
+                continue
+            path.unlink()
+            log.info("Removed %s: a checkpoint of the interrupted run that its state (%s) no "
+                     "longer tracks.", path.name, Path(resumed_from).name)  # fmt: skip
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to ``<name>.partial`` beside their destination, flushed, then renamed.
+
+    Lightning's own writer stages the file in the system's temporary directory (through fsspec),
+    where a kill leaves tens of megabytes nobody removes; here a kill leaves a ``.partial`` in the
+    run's ``checkpoints/``, which the next start there removes (``ResumableCheckpoint``)."""
+
+    def save_checkpoint(
+        self, checkpoint: dict, path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or "://" in str(path):  # remote: Lightning's writer
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        with atomic_path(path) as partial:
+            torch.save(checkpoint, partial)
+            fsync_file(partial)

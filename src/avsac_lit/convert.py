@@ -31,6 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor
 
+from avsac_lit.atomic import atomic_path
 from avsac_lit.build import CONFIG_PATH, build_module
 from avsac_lit.checkpoint import quiet
 from avsac_lit.data.avsbench import read_class_names
@@ -295,9 +296,8 @@ def convert(cfg: DictConfig) -> Path:
         },
     }
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.name + ".partial")
-    torch.save(checkpoint, partial)
-    partial.replace(output)
+    with atomic_path(output) as partial:
+        torch.save(checkpoint, partial)
     log.info(
         "Converted %s (%s, %s, classes: %d; %d unused official keys dropped) into %s",
         source, task, backbone, classes, len(dropped), output,

@@ -18,9 +18,10 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.markdown import Markdown
 
+from avsac_lit.atomic import atomic_path
 from avsac_lit.data import AVSDataModule
 from avsac_lit.data.conditions import check_condition, metric_prefix
-from avsac_lit.run_record import scalar_metrics
+from avsac_lit.run_record import adopt_csv_columns, scalar_metrics
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def test_conditions(
     for condition in conditions:
         log.info("Testing with audio condition %r", condition)
         loader = datamodule.test_dataloader(audio=condition)
+        adopt_csv_columns(trainer)
         trainer.test(module, dataloaders=loader, ckpt_path=ckpt_path)
         metrics |= scalar_metrics(trainer.callback_metrics)
     return metrics
@@ -66,9 +68,8 @@ def report_listening(
     table = listening_table(metrics, conditions, reference_scores(root))
     heading = "# Does the model listen? One model, its test split, several audio inputs\n\n"
     path = output_dir / "demo_results.md"
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(heading + table)
-    partial.replace(path)
+    with atomic_path(path) as partial:
+        partial.write_text(heading + table)
     Console().print(Markdown(table))
     log.info("Table saved to %s", path)
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 
 from avsac_lit.data.conditions import condition_of, metric_prefix
 from avsac_lit.metrics import (
@@ -147,6 +147,7 @@ class AVSLitModule(L.LightningModule):
             }
         )
         self.audio_share = nn.ModuleDict({"val": AudioShare(), "test": AudioShare()})
+        self.eval_losses: dict[str, MeanMetric] = {}  # "{prefix}/{part}", made as they come
         self.val_miou_best = MaxMetric()
         # In the checkpoint, so that a resumed run (and a sweeper reading val/miou_best) keeps the
         # best score reached before the interruption.
@@ -187,13 +188,17 @@ class AVSLitModule(L.LightningModule):
             logits = logits[:, 0]
         self.stage_metrics(stage).update(logits.float(), target)
 
-    def log_losses(self, prefix: str, losses: dict[str, Tensor], batch_size: int) -> None:
-        on_step = prefix == "train"
-        for name, value in losses.items():
-            self.log(
-                f"{prefix}/{name}", value.detach(), on_step=on_step, on_epoch=not on_step,
-                prog_bar=name == "loss", batch_size=batch_size, sync_dist=not on_step,
-            )  # fmt: skip
+    def eval_loss_scores(self, prefix: str) -> dict[str, Tensor]:
+        """The epoch's mean losses under ``prefix``, over every process's clips, then reset.
+
+        Lightning's own epoch means would average the processes' means, which weighs a clip of a
+        process with fewer batches more than one of a process with more.
+        """
+        scores = {}
+        for key in sorted(k for k in self.eval_losses if k.startswith(prefix + "/")):
+            scores[key] = self.eval_losses[key].compute()
+            self.eval_losses[key].reset()
+        return scores
 
     def on_train_start(self) -> None:
         # The sanity check's batches must not count towards the first epoch.
@@ -201,8 +206,17 @@ class AVSLitModule(L.LightningModule):
         self.audio_share["val"].reset()
 
     def on_train_epoch_start(self) -> None:
-        # A resumed run draws its shuffles, dropout masks and augmentations from the random state
-        # the uninterrupted run had when it wrote the checkpoint, so it continues identically.
+        self.restore_random_state()
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # A run resumed mid-epoch: Lightning continues the epoch without starting it again.
+        self.restore_random_state()
+
+    def restore_random_state(self) -> None:
+        """A resumed run draws its shuffles, dropout masks and augmentations from the random state
+        the uninterrupted run had when it wrote the checkpoint, so it continues identically. At
+        the next epoch's start (before its loader draws a seed) or, resumed mid-epoch, before the
+        next batch."""
         if self.resumed_random_state is not None:
             set_random_state(self.resumed_random_state)
             self.resumed_random_state = None
@@ -217,7 +231,9 @@ class AVSLitModule(L.LightningModule):
             raise NonFiniteError(
                 self.non_finite_message(f"the training loss is not finite ({parts})")
             )
-        self.log_losses("train", losses, batch_size=len(batch["frames"]))
+        for name, value in losses.items():
+            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss",
+                     batch_size=len(batch["frames"]))  # fmt: skip
         if batch["mask_valid"].any():
             self.update_metrics("train", outputs, batch)
         return losses["loss"]
@@ -225,9 +241,13 @@ class AVSLitModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         metrics = self.stage_metrics("train")
         # A run resumed from an end-of-validation checkpoint closes that epoch without batches.
-        if any(metric.update_called for metric in metrics.values()):
-            self.log_dict(metrics.compute())
+        updated = any(metric.update_called for metric in metrics.values())
+        if self.trainer.strategy.reduce_boolean_decision(updated, all=False):
+            self.log_dict(metrics.compute(), sync_dist=True)
         metrics.reset()
+        # Not for the loggers: for metrics.json, which ddp_spawn's main process writes without
+        # the fit loop's count (it stays in the worker processes).
+        self.log("epochs_trained", float(self.current_epoch + 1), logger=False)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.evaluation_step("val", batch, batch_idx)
@@ -235,7 +255,9 @@ class AVSLitModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         scores = self.stage_metrics("val").compute() | self.compute_audio_share("val")
         self.stage_metrics("val").reset()
-        self.log_dict(scores, prog_bar=True)
+        # Every value is already over all processes; sync_dist only averages equal numbers.
+        self.log_dict(scores, prog_bar=True, sync_dist=True)
+        self.log_dict(self.eval_loss_scores("val"), sync_dist=True)
         if not self.trainer.sanity_checking:
             self.val_miou_best(scores[MONITOR])
             self.log("val/miou_best", self.val_miou_best.compute())
@@ -251,12 +273,16 @@ class AVSLitModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         scores = self.stage_metrics("test").compute() | self.compute_audio_share("test")
         self.stage_metrics("test").reset()
-        self.log_dict({self.test_prefix + k.removeprefix("test"): v for k, v in scores.items()})
+        scores = {self.test_prefix + k.removeprefix("test"): v for k, v in scores.items()}
+        self.log_dict(scores | self.eval_loss_scores(self.test_prefix), sync_dist=True)
 
     def evaluation_step(self, stage: str, batch: dict, batch_idx: int) -> None:
         outputs, losses = self.model_step(batch)
         prefix = self.test_prefix if stage == "test" else stage
-        self.log_losses(prefix, losses, batch_size=len(batch["frames"]))
+        for name, value in losses.items():
+            if f"{prefix}/{name}" not in self.eval_losses:
+                self.eval_losses[f"{prefix}/{name}"] = MeanMetric().to(value.device)
+            self.eval_losses[f"{prefix}/{name}"].update(value.detach(), len(batch["frames"]))
         self.update_metrics(stage, outputs, batch)
         if self.measures_audio_share(stage, batch, batch_idx):
             shifts = counterfactual_shifts(self.net, batch, outputs["pixel_feature"])
@@ -264,8 +290,11 @@ class AVSLitModule(L.LightningModule):
 
     def measures_audio_share(self, stage: str, batch: dict, batch_idx: int) -> bool:
         limit = self.hparams.audio_share_batches
+        # The batch's position on a single process (EvalSampler deals batches out in turn), so
+        # several processes measure the same batches as one.
+        position = batch_idx * self.trainer.world_size + self.trainer.global_rank
         return (
-            (limit is None or batch_idx < limit)
+            (limit is None or position < limit)
             and len(batch["frames"]) > 1  # a lone last clip has no partner to swap with
             # Under counterfactual test audio the "true" input is already swapped.
             and (stage == "val" or self.test_prefix == "test")
@@ -273,7 +302,9 @@ class AVSLitModule(L.LightningModule):
 
     def compute_audio_share(self, stage: str) -> dict[str, Tensor]:
         metric = self.audio_share[stage]
-        if not metric.update_called:
+        # Decided together: computing synchronises the processes, and one may have no batch
+        # with a partner clip.
+        if not self.trainer.strategy.reduce_boolean_decision(metric.update_called, all=False):
             return {}
         share = metric.compute()
         metric.reset()

@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 import avsac_lit
+from avsac_lit.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,8 @@ def write_metrics(path: Path, metrics: dict[str, float], **extra: Any) -> None:
     """``metrics.json``: final metrics plus run facts, for tools that read results without a
     logger (the report of the paper tables, scripts). Written whole or not at all."""
     record = {"metrics": dict(sorted(metrics.items())), **extra}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(record, indent=2) + "\n")
-    partial.replace(path)
+    with atomic_path(path) as partial:
+        partial.write_text(json.dumps(record, indent=2) + "\n")
     log.info("Metrics written to %s", path)
 
 
@@ -157,3 +156,18 @@ def carry_csv_history(trainer, rows: list[dict[str, float]]) -> None:
             logger.experiment.save()
             log.info("Carried %d rows of the resumed run's metrics.csv into %s", len(rows),
                      logger.experiment.metrics_file_path)  # fmt: skip
+
+
+def adopt_csv_columns(trainer) -> None:
+    """Let the CSV logger know the columns its file already has. Under ``ddp_spawn`` the rows of
+    ``fit`` were written by a worker process, so the main process's logger, which writes the test
+    rows next, would not know them and fail rewriting the file's header."""
+    for logger in trainer.loggers:
+        if not isinstance(logger, CSVLogger):
+            continue
+        table = Path(logger.experiment.metrics_file_path)
+        if table.is_file():
+            with table.open(newline="") as file:
+                header = next(csv.reader(file), [])
+            keys = set(logger.experiment.metrics_keys) | set(header)
+            logger.experiment.metrics_keys = sorted(keys)

@@ -23,6 +23,7 @@ import hydra
 from omegaconf import DictConfig
 
 from avsac_lit.build import CONFIG_PATH, build_run
+from avsac_lit.checkpoint import check_resumable
 from avsac_lit.cli import apply_extras, task_wrapper
 from avsac_lit.counterfactual import audio_conditions, report_listening, test_conditions
 from avsac_lit.run_record import (
@@ -44,6 +45,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     clock = Stopwatch()
     facts = run_facts(cfg)  # before the run: the code version is the one that runs
     conditions = audio_conditions(cfg)
+    if cfg.get("train") and cfg.get("ckpt_path"):
+        check_resumable(cfg, cfg.ckpt_path)
     history = csv_history(cfg.get("ckpt_path")) if cfg.get("train") else []
     datamodule, module, trainer = build_run(cfg, callbacks=cfg.get("callbacks"))
     carry_csv_history(trainer, history)
@@ -53,6 +56,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.info("Resuming from %s", cfg.ckpt_path)
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = scalar_metrics(trainer.callback_metrics)
+    # Logged by the module, so that it also reaches ddp_spawn's main process, whose fit loop
+    # never ran an epoch.
+    epochs_trained = int(metrics.pop("epochs_trained", None) or trainer.current_epoch)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("test"):
@@ -67,7 +73,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics,
         **facts,
         best_checkpoint=best or None,
-        epochs_trained=trainer.current_epoch,
+        epochs_trained=epochs_trained,
         wall_time_s=clock.seconds,
     )
     if cfg.get("test") and len(conditions) > 1:

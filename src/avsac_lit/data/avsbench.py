@@ -96,12 +96,34 @@ def resolve_root(task: str, root: str | Path) -> Path:
         if (candidate / metadata).is_file():
             return candidate
     where = "does not exist" if not root.exists() else f"has no {metadata}"
+    check_not_another_task(task, root)
     raise DatasetLayoutError(
         f"AVSBench {task.upper()} root {root} {where} (looked for {root / metadata}"
         + "".join(f" and {c / metadata}" for c in candidates[1:])
         + f").\nExpected layout:\n{LAYOUTS[task]}\n"
         + WHERE_TO_GET_AVSBENCH.format(task=task)
     )
+
+
+def _holds_task(root: Path, task: str) -> bool:
+    candidates = [root] + [root / name for name in TASK_DIRS[task]]
+    return any((c / METADATA_FILES[task]).is_file() for c in candidates)
+
+
+def check_not_another_task(task: str, root: str | Path) -> None:
+    """Refuse a root that holds another task's copy and not ``task``'s (a checkpoint of one
+    task evaluated on another's data, or a synthetic tree generated over a real one)."""
+    root = Path(root).expanduser()
+    if _holds_task(root, task):
+        return
+    others = [t for t in TASKS if t != task and _holds_task(root, t)]
+    if others:
+        raise DatasetLayoutError(
+            f"{root} holds AVSBench {others[0].upper()} ({METADATA_FILES[others[0]]}), but the "
+            f"task here is {task.upper()} (for avsac_lit.eval and predict: the task the checkpoint "
+            f"was trained on). Point data.root at a copy of {task.upper()}, or use a model "
+            f"trained on {others[0].upper()}."
+        )
 
 
 def read_class_names(path: Path) -> list[str]:
@@ -182,11 +204,40 @@ class AVSBenchDataset(Dataset):
         self._check_first_clip()
 
     def _split_rows(self, *columns: str) -> tuple[Path, list[int], list[list[str]]]:
-        """(metadata path, indices of ``columns``, rows of this split)."""
+        """(metadata path, indices of ``columns``, rows of this split).
+
+        Every row is checked, not only this split's: a row whose split is misspelt (``Train``)
+        would otherwise belong to no split, and a repeated clip would count twice.
+        """
         path = self.root / METADATA_FILES[self.task]
         header, rows = read_csv_rows(path)
-        indices = [column_index(header, name, path) for name in ("split", *columns)]
-        return path, indices[1:], [row for row in rows if row[indices[0]] == self.split]
+        split, *indices = [column_index(header, name, path) for name in ("split", *columns)]
+        first_line: dict[str, int] = {}
+        for line, row in enumerate(rows, start=2):
+            if len(row) <= max(split, *indices, 0):
+                raise ValueError(
+                    f"{path}, line {line}: {len(row)} fields, fewer than the header's columns "
+                    f"({', '.join(header)}). Complete or delete the row."
+                )
+            if row[split] not in SPLITS:
+                raise ValueError(
+                    f"{path}, line {line}: clip {row[0]} has split {row[split]!r}; expected one "
+                    f"of {', '.join(SPLITS)} (lower case). Correct the row, or delete it to leave "
+                    "the clip out."
+                )
+            clip = self.clip_key(row, indices)
+            if clip in first_line:
+                raise ValueError(
+                    f"{path}, line {line}: clip {clip} is listed again (first on line "
+                    f"{first_line[clip]}), so it would be trained or scored twice. Delete the "
+                    "repeated row."
+                )
+            first_line[clip] = line
+        return path, indices, [row for row in rows if row[split] == self.split]
+
+    def clip_key(self, row: list[str], indices: list[int]) -> str:
+        """What identifies a clip in a metadata row: its name (column 0)."""
+        return row[0]
 
     # Subclasses say where the files are.
     def _read_clips(self) -> list[Clip]:
@@ -272,6 +323,36 @@ class AVSBenchDataset(Dataset):
         )
 
     def __getitem__(self, index: int) -> dict:
+        try:
+            return self.load_item(index)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(self.missing_files_message(self.clips[index], error)) from error
+
+    def missing_files_message(self, clip: Clip, error: FileNotFoundError) -> str:
+        """What of a listed clip is missing: frames, masks and audio, checked together, since a
+        clip whose folders are all gone would otherwise be reported by one file only."""
+        pickle_path, wav_path = self.audio_paths(clip)
+        audio = [p for p in (pickle_path, wav_path) if p is not None]
+        parts = {
+            "frames": self.frame_paths(clip),
+            "masks": self.mask_paths(clip),
+            "audio": audio,
+        }
+        missing = {kind: [p for p in paths if not p.is_file()] for kind, paths in parts.items()}
+        if any(p.is_file() for p in audio):
+            missing["audio"] = []  # one of the pickle and the wav is enough
+        listed = "; ".join(
+            f"{kind}: {len(paths)} missing, e.g. {paths[0]}"
+            for kind, paths in missing.items()
+            if paths
+        )
+        return (
+            f"Clip {clip.name}, listed in {self.root / METADATA_FILES[self.task]} for split "
+            f"{self.split!r}, is incomplete ({listed or error}). Restore its files, or delete "
+            "its row from the metadata to leave it out."
+        )
+
+    def load_item(self, index: int) -> dict:
         raise NotImplementedError
 
 
@@ -280,7 +361,7 @@ class _ObjectDataset(AVSBenchDataset):
 
     num_frames = 5
 
-    def __getitem__(self, index: int) -> dict:
+    def load_item(self, index: int) -> dict:
         clip = self.clips[index]
         frame_paths = self.frame_paths(clip)
         frames = torch.stack([load_frame(path, self.img_size) for path in frame_paths])
@@ -392,6 +473,9 @@ class AVSSDataset(AVSBenchDataset):
     def _clip_dir(self, clip: Clip) -> Path:
         return self.root / clip.label / clip.name
 
+    def clip_key(self, row: list[str], indices: list[int]) -> str:
+        return row[indices[0]]  # the uid
+
     def frame_paths(self, clip: Clip) -> list[Path]:
         count = AVSS_CLIP_FRAMES[clip.label]
         return [self._clip_dir(clip) / "frames" / f"{i}.jpg" for i in range(count)]
@@ -411,7 +495,7 @@ class AVSSDataset(AVSBenchDataset):
         padding = examples.new_zeros(self.num_frames - len(examples), *examples.shape[1:])
         return torch.cat([examples, padding])
 
-    def __getitem__(self, index: int) -> dict:
+    def load_item(self, index: int) -> dict:
         clip = self.clips[index]
         crop = self.split == "train"
         size, count = self.img_size, self.num_frames

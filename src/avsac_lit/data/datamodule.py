@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,13 @@ from avsac_lit.data.avsbench import (
     TASKS,
     AVSBenchDataset,
     build_dataset,
+    check_not_another_task,
     resolve_root,
 )
 from avsac_lit.data.conditions import AudioCondition, check_condition
+from avsac_lit.data.samplers import EvalSampler, TrainSampler
+
+log = logging.getLogger(__name__)
 
 
 class AVSDataModule(L.LightningDataModule):
@@ -26,10 +32,13 @@ class AVSDataModule(L.LightningDataModule):
         task: ``s4``, ``ms3`` or ``avss``.
         root: the user's copy of the task (see ``docs/data.md``), or where synthetic data goes.
         img_size: side of the square frames and masks fed to the model.
-        train_batch_size: clips per training batch, per process.
+        train_batch_size: clips per training batch, per process. Several processes together see
+            the batches one process with ``train_batch_size x processes`` sees
+            (:mod:`avsac_lit.data.samplers`).
         eval_batch_size: clips per validation/test batch, per process. The protocol's F-score is a
             mean of per-batch maxima, so it depends on this; 2 clips is AVSegFormer's setting, which
-            the published numbers use. Change it only knowingly.
+            the published numbers use. Change it only knowingly. Several processes score the
+            batches one process would, each once.
         num_workers: dataloader worker processes.
         pin_memory: pin host memory (useful on GPU).
         cache_dir: the suite's cache directory (``paths.cache_dir``); ``None`` for the default.
@@ -75,13 +84,17 @@ class AVSDataModule(L.LightningDataModule):
 
             generate(task=hp.task, out=hp.root, **hp.synthetic)
         for split in SPLITS:
-            self._build(split).precompute_audio()
+            dataset = self._build(split)
+            dataset.audio_cache.remove_leftovers()
+            dataset.precompute_audio()
 
     def check_root(self) -> None:
         """Fail early, before any model is built, on a root that is not an AVSBench copy (a
         synthetic root may not exist yet: ``prepare_data`` generates it)."""
         if self.hparams.synthetic is None:
             resolve_root(self.hparams.task, self.hparams.root)
+        else:
+            check_not_another_task(self.hparams.task, self.hparams.root)
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
@@ -102,14 +115,50 @@ class AVSDataModule(L.LightningDataModule):
         if check_condition(audio) != "matched":
             dataset = AudioCondition(dataset, audio)
         workers = self.hparams.num_workers
+        if shuffle:
+            sampler = TrainSampler(len(dataset), batch_size=batch_size)
+            self.continue_interrupted_epoch(sampler)
+        else:
+            sampler = EvalSampler(len(dataset), batch_size=batch_size)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=workers,
             pin_memory=self.hparams.pin_memory,
             persistent_workers=workers > 0,
         )
+
+    def continue_interrupted_epoch(self, sampler: TrainSampler) -> None:
+        """Start ``sampler`` where a resumed run's training stands.
+
+        Lightning asks for the loader after restoring its loops from the checkpoint and draws
+        the first batch before it sets the sampler's epoch, so the epoch is set here; a
+        checkpoint written mid-epoch continues that epoch with the batches it had not trained on.
+        """
+        trainer = self.trainer
+        if trainer is None or not trainer.ckpt_path:
+            return
+        epochs = trainer.fit_loop.epoch_progress
+        sampler.set_epoch(epochs.current.processed)
+        # processed, not completed: a checkpoint written at a batch's end holds its step.
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        batches = limited_batches(len(sampler.rank_batches()), trainer.limit_train_batches)
+        mid_epoch = epochs.total.started == epochs.total.processed + 1 and 0 < done < batches
+        if not mid_epoch:
+            return
+        # The loader draws its first batch in the interrupted epoch, which Lightning continues.
+        sampler.skip_batches(done)
+        # Lightning's warning that such a resume is "unreliable" is about loaders that start the
+        # epoch again; this one does not, and the message below says what does differ.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended")
+        log.warning(
+            "Resuming from %s, written in the middle of epoch %d after %d of its %d batches: the "
+            "epoch continues with the batches it had not trained on, as the interrupted run "
+            "would have, but its train/ metrics cover only those. An end-of-epoch checkpoint "
+            "(last.ckpt) resumes to the metrics of an uninterrupted run.",
+            trainer.ckpt_path, epochs.current.processed, done, batches,
+        )  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.hparams.train_batch_size, shuffle=True)
@@ -144,6 +193,14 @@ class AVSDataModule(L.LightningDataModule):
         if not self.datasets:
             self.setup(None)
         return list(next(iter(self.datasets.values())).class_names)
+
+
+def limited_batches(batches: int, limit: int | float | None) -> int:
+    """The batches an epoch trains on under ``trainer.limit_train_batches``, as Lightning
+    counts them."""
+    if limit is None:
+        return batches
+    return min(batches, limit) if isinstance(limit, int) else int(batches * limit)
 
 
 def _has_synthetic_tree(root: str | Path, task: str, settings: dict[str, Any]) -> bool:

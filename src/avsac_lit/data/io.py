@@ -84,8 +84,24 @@ def load_binary_mask(
             "stretched onto the frame and mark the wrong pixels. Make the mask from its frame "
             "(the same size), or resize frame and mask alike."
         )
+    check_binary(np.asarray(image), path)
     image = resize_or_crop(image, size, crop=False, is_mask=True)
     return torch.from_numpy(np.asarray(image) > 0).float()
+
+
+def check_binary(values: np.ndarray, path: Path) -> None:
+    """A mask must hold background 0 and at most one foreground value (255 as AVSBench stores
+    it, or 1): the reference reads grey values as fractional targets (MS3) or dithers them (S4),
+    and ``> 0`` would make every faint pixel an object."""
+    found = np.unique(values)
+    if len(found) > 2 or (len(found) == 2 and found[0] != 0):
+        shown = ", ".join(map(str, found[:6])) + (", ..." if len(found) > 6 else "")
+        raise ValueError(
+            f"Mask {path} is not binary: it holds {len(found)} grey levels ({shown}); expected "
+            "0 for background and one value (255, as AVSBench stores masks, or 1) for the "
+            "sounding objects. Binarise it, e.g. with PIL: "
+            "image.convert('L').point(lambda v: 255 if v >= 128 else 0)."
+        )
 
 
 def voc_palette(num_classes: int) -> np.ndarray:
@@ -105,8 +121,9 @@ def voc_palette(num_classes: int) -> np.ndarray:
     return palette
 
 
-def rgb_to_class_ids(rgb: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """Decode a colour label [H, W, 3] into class ids [H, W] by exact palette match.
+def rgb_to_class_ids(rgb: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a colour label [H, W, 3] into class ids [H, W] by exact palette match; also
+    returns [H, W] bool, True where the colour is in the palette.
 
     Colours outside the palette decode to background (0), as in the reference decoder, which starts
     from zeros and only writes the pixels that match a palette colour.
@@ -118,12 +135,37 @@ def rgb_to_class_ids(rgb: np.ndarray, palette: np.ndarray) -> np.ndarray:
     sorted_keys = palette_keys[order]
     position = np.clip(np.searchsorted(sorted_keys, keys), 0, len(sorted_keys) - 1)
     found = sorted_keys[position] == keys
-    return np.where(found, order[position], 0)
+    return np.where(found, order[position], 0), found
 
 
 def load_color_label(path: Path, size: int, palette: np.ndarray, *, crop: bool) -> torch.Tensor:
-    """An AVSS colour label (``labels_rgb/{i}.png``) as long class ids [size, size]."""
-    class_ids = rgb_to_class_ids(np.asarray(open_image(path, "RGB")), palette)
+    """An AVSS colour label (``labels_rgb/{i}.png``) as long class ids [size, size].
+
+    Every pixel must have a palette colour. The reference decodes any other colour as
+    background, so a label saved as class ids (a one-channel index image, as ``labels_semantic/``
+    holds) or in another palette would silently become an all-background frame.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"Missing file: {path}")
+    with Image.open(path) as image:
+        mode = image.mode
+    rgb = np.asarray(open_image(path, "RGB"))
+    class_ids, in_palette = rgb_to_class_ids(rgb, palette)
+    if not in_palette.all():
+        outside = rgb[~in_palette]
+        colours = ", ".join(str(tuple(int(v) for v in c)) for c in np.unique(outside, axis=0)[:4])
+        hint = (
+            f"It is a one-channel ({mode}) image, probably class ids (like labels_semantic/); "
+            "colour each class id with the palette (class c -> voc_palette(71)[c], in "
+            "avsac_lit.data.io) and save it as RGB."
+            if mode in ("1", "L", "I", "I;16", "F")
+            else "Re-export the label with the AVSBench palette (avsac_lit.data.io.voc_palette)."
+        )
+        raise ValueError(
+            f"Label {path}: {len(outside)} of {in_palette.size} pixels have colours outside the "
+            f"{len(palette)}-colour AVSBench-semantic palette (e.g. {colours}); they would be "
+            f"read as background. {hint}"
+        )
     image = resize_or_crop(
         Image.fromarray(class_ids.astype(np.uint8)), size, crop=crop, is_mask=True
     )

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
+from avsac_lit.atomic import PARTIAL_SUFFIX, remove_leftovers
 from avsac_lit.data.audio import wav_to_examples
 
 # Bump when the front end's output changes, so that old caches are recomputed.
@@ -46,6 +46,12 @@ class LogMelCache:
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.cache_dir = root / "log_mel"
 
+    def remove_leftovers(self) -> None:
+        """Delete what killed writers left here; an hour old, so no live writer's file."""
+        if self.cache_dir.is_dir():
+            for folder in self.cache_dir.iterdir():
+                remove_leftovers(folder, older_than_s=3600)
+
     def path_for(self, wav_path: Path) -> Path:
         resolved = wav_path.resolve()
         digest = hashlib.sha1(str(resolved.parent).encode()).hexdigest()[:16]
@@ -71,12 +77,11 @@ class LogMelCache:
     @staticmethod
     def _atomic_save(path: Path, payload: dict) -> None:
         # Dataloader workers may compute the same wav at once; a rename is atomic, a write is not.
+        # A per-process name: ``atomic_path``'s fixed one would be shared by those writers.
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(handle)
+        temporary = path.with_name(f"{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
         try:
             torch.save(payload, temporary)
             os.replace(temporary, path)
         finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+            temporary.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from avsac_lit.models.batchnorm import DistributedBatchNorm1d
 from avsac_lit.models.weights import load_checkpoint_file, load_matching
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class AudioEncoder(nn.Module):
                 "VGGish is randomly initialised: no weights.audio given. Set weights.audio to "
                 "vggish-10086976.pth (torchvggish release) to reproduce the paper."
             )
-        self.norm = nn.BatchNorm1d(128) if normalize else nn.Identity()
+        self.norm = DistributedBatchNorm1d(128) if normalize else nn.Identity()
         self.proj = nn.Linear(128, dim)
         self.freeze = freeze
         if freeze:
