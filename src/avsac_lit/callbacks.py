@@ -115,7 +115,8 @@ class ValidationOverlays(Callback):
                     mask_valid=batch["mask_valid"][i], class_names=class_names,
                     title=f"{name}, epoch {trainer.current_epoch}",
                 )  # fmt: skip
-                figure.savefig(folder / f"{name}.png", dpi=100)
+                with atomic_path(folder / f"{name}.png") as partial:
+                    figure.savefig(partial, dpi=100, format="png")
             log.info("Validation overlays written to %s", folder)
 
     @staticmethod

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from PIL import Image
 
+from avsac_lit.atomic import PARTIAL_SUFFIX, atomic_path
 from avsac_lit.build import CONFIG_PATH, refuse_overrides
 from avsac_lit.checkpoint import TrainedModel, load_trained
 from avsac_lit.data.audio import SAMPLE_RATE, waveform_to_examples
@@ -186,7 +187,10 @@ class OverlayVideo:
     def __init__(self, path: Path, height: int, width: int) -> None:
         import av
 
-        self.container = av.open(str(path), mode="w")
+        # Written as overlay.mp4.partial, renamed when closed; the format cannot come from that
+        # name.
+        self.path, self.partial = path, path.with_name(path.name + PARTIAL_SUFFIX)
+        self.container = av.open(str(self.partial), mode="w", format="mp4")
         self.height, self.width = (height // 2) * 2, (width // 2) * 2
         self.video = self.container.add_stream("libx264", rate=1)
         self.video.width, self.video.height, self.video.pix_fmt = self.width, self.height, "yuv420p"
@@ -209,15 +213,17 @@ class OverlayVideo:
         self.container.mux(self.audio.encode(frame))
         self.container.mux(self.audio.encode())
         self.container.close()
+        self.partial.replace(self.path)
 
 
 def save_mask(path: Path, mask: np.ndarray, palette: np.ndarray, num_classes: int) -> None:
     if num_classes == 1:
-        Image.fromarray(mask * 255).save(path)
-        return
-    image = Image.fromarray(mask, mode="P")
-    image.putpalette(palette.flatten().tolist())
-    image.save(path)
+        image = Image.fromarray(mask * 255)
+    else:
+        image = Image.fromarray(mask, mode="P")
+        image.putpalette(palette.flatten().tolist())
+    with atomic_path(path) as partial:
+        image.save(partial, format="PNG")
 
 
 def predict(
@@ -274,7 +280,8 @@ def predict(
         "threshold": threshold,
         "frames": records,
     }
-    (output / "predictions.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with atomic_path(output / "predictions.json") as partial:
+        partial.write_text(json.dumps(summary, indent=2) + "\n")
     return {
         "video": output / "overlay.mp4",
         "masks": output / "masks",

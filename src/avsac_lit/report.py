@@ -34,6 +34,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from avsac_lit.atomic import atomic_path
 from avsac_lit.counterfactual import reference_scores
 
 # The paper's columns, in percent, and the suite's own when the runs have them.
@@ -351,7 +352,7 @@ def write_csv(table: Table, path: Path) -> None:
         if with_paper:
             header.append(f"paper {task.upper()} {label_of(metric)}")
     header.append("seeds")
-    with path.open("w", newline="") as handle:
+    with atomic_path(path) as partial, partial.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for row in table.rows:
@@ -405,7 +406,8 @@ def plot(table: Table, metric: str, path: Path) -> None:
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as partial:
+        fig.savefig(partial, dpi=120, format=path.suffix.lstrip("."))
     plt.close(fig)
 
 
@@ -482,7 +484,8 @@ def report(root: Path, metrics: Sequence[str] | None = None) -> dict[str, Path]:
     text += ["## Provenance", "", *provenance(root, runs), ""]
 
     files = {"markdown": root / "report.md", "csv": root / "report.csv"}
-    files["markdown"].write_text("\n".join(text))
+    with atomic_path(files["markdown"]) as partial:
+        partial.write_text("\n".join(text))
     write_csv(table, files["csv"])
     for metric in wanted:
         if any(key[2] == metric for key in table.cells):
