@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from avsac_lit.data import samplers
@@ -126,24 +125,6 @@ def test_batchnorm_statistics_span_the_processes(tmp_path):
     torch.testing.assert_close(ranks[1]["running_var"], norm.running_var, atol=1e-6, rtol=0)
 
 
-class FirstStepRecorder(Callback):
-    """Writes the first step's loss (mean over processes) and its synchronised gradients."""
-
-    def __init__(self, path: str) -> None:
-        self.path, self.gradients = Path(path), None
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if trainer.global_step == 0:
-            named = pl_module.named_parameters()
-            self.gradients = {n: p.grad.clone() for n, p in named if p.grad is not None}
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == 1 and batch_idx == 0:
-            loss = trainer.strategy.reduce(outputs["loss"].detach(), reduce_op="mean")
-            if trainer.is_global_zero:
-                torch.save({"loss": loss, "gradients": self.gradients}, self.path)
-
-
 def test_ddp_on_two_processes_trains_and_scores_as_one_process(trained_runs, tmp_path):
     """Same effective batch (2 clips x 2 processes against 4 x 1), dropout off (each process
     draws its own masks): the first step's loss and gradients agree to 1e-6, and after two epochs
@@ -157,7 +138,7 @@ def test_ddp_on_two_processes_trains_and_scores_as_one_process(trained_runs, tmp
             f"trainer={trainer}", f"data.train_batch_size={batch}", "trainer.max_epochs=2",
             "model.net.dropout=0.0", "~callbacks.overlays", "logger=csv",
             "test_audio=[matched]",
-            "+callbacks.first_step._target_=tests.test_distributed.FirstStepRecorder",
+            "+callbacks.first_step._target_=avsac_lit.callbacks.FirstStepRecorder",
             f"+callbacks.first_step.path={record}", "++data.synthetic={videos:20,seed:3,size:64}",
         ]  # fmt: skip
         metrics = train(tiny_run("ms3", data, tmp_path / name, extra))

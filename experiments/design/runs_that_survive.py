@@ -19,7 +19,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from avsac_lit.build import compose_config
 from avsac_lit.data.synthetic import generate
@@ -33,24 +32,6 @@ COMMON = [
     "test_audio=[matched]", SETTINGS,
 ]  # fmt: skip
 METRICS = ("val/miou", "val/f", "val/loss", "val/miou_best", "test/miou", "test/f", "test/loss")
-
-
-class FirstStepRecorder(Callback):
-    """Saves the first step's loss (mean over processes) and synchronised gradients."""
-
-    def __init__(self, path: str) -> None:
-        self.path, self.gradients = Path(path), None
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if trainer.global_step == 0:
-            named = pl_module.named_parameters()
-            self.gradients = {n: p.grad.clone() for n, p in named if p.grad is not None}
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == 1 and batch_idx == 0:
-            loss = trainer.strategy.reduce(outputs["loss"].detach(), reduce_op="mean")
-            if trainer.is_global_zero:
-                torch.save({"loss": loss, "gradients": self.gradients}, self.path)
 
 
 def run(root: Path, output: Path, overrides: list[str]) -> dict[str, float]:
@@ -72,7 +53,8 @@ def ddp(root: Path, work: Path, overrides: list[str]) -> None:
         record = work / f"{name}_step.pt"
         extra = [
             f"trainer={trainer}", f"data.train_batch_size={batch}", "trainer.max_epochs=2",
-            "model.net.dropout=0.0", "+callbacks.first_step._target_=__main__.FirstStepRecorder",
+            "model.net.dropout=0.0",
+            "+callbacks.first_step._target_=avsac_lit.callbacks.FirstStepRecorder",
             f"+callbacks.first_step.path={record}",
         ]  # fmt: skip
         results.append(run(root, work / name, [*extra, *overrides]))

@@ -233,3 +233,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         with atomic_path(path) as partial:
             torch.save(checkpoint, partial)
             fsync_file(partial)
+
+
+class FirstStepRecorder(Callback):
+    """Saves the first training step's loss (the mean over processes) and its gradients (after
+    DDP has averaged them) to ``path``: how a multi-process setup is checked against one process
+    (``experiments/design/runs_that_survive.py ddp``). Add it with
+    ``+callbacks.first_step._target_=avsac_lit.callbacks.FirstStepRecorder
+    +callbacks.first_step.path=step.pt``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path, self.gradients = Path(path), None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step == 0:
+            named = pl_module.named_parameters()
+            self.gradients = {n: p.grad.clone() for n, p in named if p.grad is not None}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == 1 and batch_idx == 0:
+            loss = trainer.strategy.reduce(outputs["loss"].detach(), reduce_op="mean")
+            if trainer.is_global_zero:
+                with atomic_path(self.path) as partial:
+                    torch.save({"loss": loss, "gradients": self.gradients}, partial)
