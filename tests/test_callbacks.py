@@ -206,3 +206,17 @@ def test_leftovers_of_interrupted_writes_are_removed(tmp_path):
     assert remove_leftovers(tmp_path, older_than_s=3600) == [old]  # a live writer's is spared
     assert remove_leftovers(tmp_path) == [fresh]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.ckpt"]
+
+
+def test_last_ckpt_follows_every_epoch_even_without_a_new_best(synth_trees, tmp_path, monkeypatch):
+    """Lightning 2.6 rewrites last.ckpt only in an epoch that also wrote a best checkpoint."""
+    from avsac_lit.metrics import ProtocolJaccard
+    from avsac_lit.train import train
+    from tests.helpers import tiny_run
+
+    monkeypatch.setattr(ProtocolJaccard, "compute", lambda self: torch.tensor(0.5))  # no gain
+    extra = ["trainer.max_epochs=2", "trainer.limit_train_batches=1", "test=false"]
+    train(tiny_run("ms3", synth_trees["ms3"], tmp_path, extra))
+    checkpoints = tmp_path / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 1

@@ -223,7 +223,7 @@ def test_random_vggish_embeddings_differ_between_clips_and_normalize_standardise
         spread = embeddings.std(dim=0)[embeddings.std(dim=0) > 0]
         assert (spread / embeddings.mean().clamp_min(1e-6)).mean() > 0.1
         standardised = encoder.norm(embeddings)
-    live = embeddings.std(dim=0) > 0
+    live = embeddings.std(dim=0) > 0.05  # variance far above BatchNorm's eps (1e-5)
     assert torch.allclose(
         standardised[:, live].mean(dim=0), torch.zeros(int(live.sum())), atol=1e-5
     )

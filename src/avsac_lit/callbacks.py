@@ -198,6 +198,17 @@ class ResumableCheckpoint(ModelCheckpoint):
         if not self.best_model_path:
             self.best_model_score = None
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        # Lightning 2.6 writes last.ckpt only when the epoch also wrote a best checkpoint, so a
+        # crash after an epoch that did not improve would resume from an older one.
+        if (
+            self.save_last
+            and not self._should_skip_saving_checkpoint(trainer)
+            and not self._should_save_on_train_epoch_end(trainer)
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self.dirpath is not None:
             remove_leftovers(self.dirpath)

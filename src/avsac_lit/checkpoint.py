@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 from torch import Tensor, nn
@@ -108,23 +109,57 @@ def load_trained(
             f"{cfg.data.root}), but task={task!r} was asked for. Use a checkpoint trained on "
             f"{task}, or leave task unset to predict with this one."
         )
-    state_dict = {
-        name.removeprefix("net."): value
-        for name, value in checkpoint["state_dict"].items()
-        if name.startswith("net.")
-    }
-    check_classes(ckpt_path, state_dict, cfg)
-    with open_dict(cfg):
-        cfg.model.net = without_weight_files(cfg.model.net)  # the checkpoint holds every weight
-    with quiet("avsac_lit"):  # no "randomly initialised" warnings: the weights come next
-        net = build_module(cfg).net
-    net.load_state_dict(state_dict)
+    check_classes(ckpt_path, net_state(checkpoint), cfg)
+    rebuilt = saved.get("rebuilt_encoders") or {}
+    if not rebuilt:  # the checkpoint holds every weight
+        with open_dict(cfg):
+            cfg.model.net = without_weight_files(cfg.model.net)
+    with quiet("avsac_lit"), encoder_files_needed(ckpt_path, rebuilt):
+        module = build_module(cfg)
+    module.restore_built_encoders(checkpoint)
+    net = module.net
+    net.load_state_dict(net_state(checkpoint))
     return TrainedModel(
         net=net.to(device).eval(),
         config=cfg,
         checkpoint=ckpt_path,
         class_names=saved.get("class_names"),
     )
+
+
+def net_state(checkpoint: dict) -> dict[str, Tensor]:
+    """The net's weights of a Lightning checkpoint, without the ``net.`` prefix."""
+    return {
+        name.removeprefix("net."): value
+        for name, value in checkpoint["state_dict"].items()
+        if name.startswith("net.")
+    }
+
+
+def rebuilt_encoders(ckpt_path: str | Path) -> dict[str, str]:
+    """The encoders a checkpoint left out because its config rebuilds them (prefix -> sha256);
+    empty for a self-contained checkpoint."""
+    checkpoint = read_checkpoint(existing_checkpoint(ckpt_path), mmap=True)
+    saved = (checkpoint.get("avsac_lit") or {}) if isinstance(checkpoint, dict) else {}
+    return saved.get("rebuilt_encoders") or {}
+
+
+@contextmanager
+def encoder_files_needed(ckpt_path: str | Path, rebuilt: dict[str, str]):
+    """Say, when a weight file is missing, that the checkpoint needs it and what to do."""
+    try:
+        yield
+    except (FileNotFoundError, InstantiationException) as raised:
+        # Hydra wraps what a constructor raised.
+        error = raised if isinstance(raised, FileNotFoundError) else raised.__cause__
+        if not rebuilt or not isinstance(error, FileNotFoundError):
+            raise
+        raise FileNotFoundError(
+            f"{ckpt_path} does not store its frozen encoders ({', '.join(rebuilt)}): they are "
+            f"rebuilt from the weight files the training run used, and one is missing. {error} "
+            "Put the file back where the run's config says, or, where the files are, write a "
+            "self-contained checkpoint: python -m avsac_lit.export CKPT OUTPUT."
+        ) from raised
 
 
 def existing_checkpoint(path: str | Path) -> Path:

@@ -19,7 +19,13 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from avsac_lit.build import CONFIG_PATH, build_run, refuse_overrides
-from avsac_lit.checkpoint import checkpoint_config, existing_checkpoint, without_weight_files
+from avsac_lit.checkpoint import (
+    checkpoint_config,
+    encoder_files_needed,
+    existing_checkpoint,
+    rebuilt_encoders,
+    without_weight_files,
+)
 from avsac_lit.cli import apply_extras, task_wrapper
 from avsac_lit.counterfactual import audio_conditions, report_listening, test_conditions
 from avsac_lit.run_record import Stopwatch, run_facts, write_metrics
@@ -38,7 +44,8 @@ def run_config_for_test(cfg: DictConfig, checkpoint: Path) -> DictConfig:
     """The checkpoint's run config with this evaluation's test-time settings on top."""
     run = checkpoint_config(checkpoint)
     with open_dict(run):
-        run.model.net = without_weight_files(run.model.net)  # the checkpoint holds every weight
+        if not rebuilt_encoders(checkpoint):  # the checkpoint holds every weight
+            run.model.net = without_weight_files(run.model.net)
         for key, value in cfg.data.items():
             if value is not None:
                 run.data[key] = value
@@ -66,7 +73,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     run = run_config_for_test(cfg, checkpoint)
     facts = run_facts(run)
     conditions = audio_conditions(run)
-    datamodule, module, trainer = build_run(run)
+    with encoder_files_needed(checkpoint, rebuilt_encoders(checkpoint)):
+        datamodule, module, trainer = build_run(run)
 
     metrics = test_conditions(trainer, module, datamodule, conditions, str(checkpoint))
     output_dir = Path(run.paths.output_dir)

@@ -23,6 +23,7 @@ from avsac_lit.metrics import (
     counterfactual_shifts,
 )
 from avsac_lit.models.losses import AVSCriterion
+from avsac_lit.models.weights import state_digest
 
 MONITOR = "val/miou"  # checkpoint selection, as AVSegFormer: best validation mIoU
 
@@ -153,6 +154,9 @@ class AVSLitModule(L.LightningModule):
         # best score reached before the interruption.
         self.val_miou_best.persistent(True)
         self.resumed_random_state: dict | None = None
+        # What the encoders are when built from the config (a weight file, a hub, or the fixed
+        # init): a checkpoint leaves out an encoder that still matches, and rebuilds it on loading.
+        self.encoder_digests = {k: state_digest(m) for k, m in self.encoders().items()}
         self.test_prefix = "test"
         # The resolved run config, saved into every checkpoint (``build_run`` sets it), so that a
         # checkpoint alone rebuilds its model: avsac_lit.predict and the notebooks.
@@ -328,6 +332,46 @@ class AVSLitModule(L.LightningModule):
             "masks and audio (python -m avsac_lit.data.check), or lower model.optimizer.lr."
         )
 
+    def encoders(self) -> dict[str, nn.Module]:
+        """The pretrained encoders by state-dict prefix: ``net.visual`` and ``net.audio.vggish``."""
+        found = {"net.visual": getattr(self.net, "visual", None)}
+        found["net.audio.vggish"] = getattr(getattr(self.net, "audio", None), "vggish", None)
+        return {prefix: module for prefix, module in found.items() if module is not None}
+
+    def leave_out_built_encoders(self, checkpoint: dict) -> None:
+        """Remove from the checkpoint the encoders that are still what their config builds,
+        recording their digests (``avsac_lit.rebuilt_encoders``): most of a checkpoint's bytes
+        otherwise (the frozen VGGish alone is 97% of the demo's)."""
+        rebuilt = {}
+        for prefix, module in self.encoders().items():
+            digest = state_digest(module)
+            if digest == self.encoder_digests.get(prefix):
+                state_dict = checkpoint["state_dict"]
+                for key in [k for k in state_dict if k.startswith(prefix + ".")]:
+                    del state_dict[key]
+                rebuilt[prefix] = digest
+        checkpoint["avsac_lit"]["rebuilt_encoders"] = rebuilt
+
+    def restore_built_encoders(self, checkpoint: dict) -> None:
+        """Put back the encoders a checkpoint left out, from this module's, which its config
+        built, after checking they are the same tensors."""
+        rebuilt = (checkpoint.get("avsac_lit") or {}).get("rebuilt_encoders") or {}
+        encoders = self.encoders()
+        for prefix, digest in rebuilt.items():
+            if prefix not in encoders or state_digest(encoders[prefix]) != digest:
+                raise ValueError(
+                    f"The checkpoint does not store {prefix} (its weights come from the run's "
+                    "config: a weight file, timm's hub or the fixed random init), and the one "
+                    "built here is not the one it was trained with (another weight file, or "
+                    f"another version of it; expected sha256 {digest[:16]}...). Use the weight "
+                    "files of the training run, or a self-contained checkpoint written where "
+                    "they are: python -m avsac_lit.export CKPT OUTPUT."
+                )
+            for name, tensor in encoders[prefix].state_dict().items():
+                checkpoint["state_dict"][f"{prefix}.{name}"] = tensor
+        if "avsac_lit" in checkpoint:
+            checkpoint["avsac_lit"]["rebuilt_encoders"] = {}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The weights only: the best score starts at -inf before the first validation.
         weights = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
@@ -345,12 +389,14 @@ class AVSLitModule(L.LightningModule):
             "class_names": getattr(datamodule, "class_names", None),
             "random_state": random_state(),
         }
+        self.leave_out_built_encoders(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Checkpoints written before the best score was saved: start it from nothing.
         best = "val_miou_best.max_value"
         checkpoint["state_dict"].setdefault(best, torch.tensor(float("-inf")))
         self.resumed_random_state = (checkpoint.get("avsac_lit") or {}).get("random_state")
+        self.restore_built_encoders(checkpoint)
 
     def warmup_factor(self) -> float:
         """The share of the scheduled learning rate the next optimiser step uses."""

@@ -21,7 +21,7 @@ from timm.models.pvt_v2 import PyramidVisionTransformerV2
 from timm.models.pvt_v2 import checkpoint_filter_fn as pvt_v2_filter
 from torch import Tensor, nn
 
-from avsac_lit.models.weights import load_checkpoint_file, load_matching
+from avsac_lit.models.weights import fixed_encoder_init, load_checkpoint_file, load_matching
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ class VisualBackbone(nn.Module):
                 f"Unknown timm backbone {name!r}; e.g. pvt_v2_b5, resnet50, avsac_tiny_pvt."
             )
         extra = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
-        self.model = timm.create_model(name, pretrained=pretrained, num_classes=0, **extra)
+        with fixed_encoder_init():
+            self.model = timm.create_model(name, pretrained=pretrained, num_classes=0, **extra)
         reductions = [info["reduction"] for info in self.model.feature_info]
         missing = [s for s in STRIDES if s not in reductions]
         if missing:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from avsac_lit.models.batchnorm import DistributedBatchNorm1d
-from avsac_lit.models.weights import load_checkpoint_file, load_matching
+from avsac_lit.models.weights import fixed_encoder_init, load_checkpoint_file, load_matching
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,13 @@ class AudioEncoder(nn.Module):
         normalize: bool = False,
     ) -> None:
         super().__init__()
-        self.vggish = VGGish()
+        with fixed_encoder_init():
+            self.vggish = VGGish()
+            if weights is None:
+                self.vggish.reset_parameters()
         if weights is not None:
             load_matching(self.vggish, load_checkpoint_file(weights), source=str(weights))
         else:
-            self.vggish.reset_parameters()
             log.warning(
                 "VGGish is randomly initialised: no weights.audio given. Set weights.audio to "
                 "vggish-10086976.pth (torchvggish release) to reproduce the paper."

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -59,3 +61,28 @@ def load_matching(module: nn.Module, state_dict: Mapping[str, Tensor], *, source
             f"  shape mismatches: {listing(wrong_shape)}"
         )
     module.load_state_dict(state_dict)
+
+
+# The seed of randomly initialised encoders: fixed, so that an encoder without a weight file is the
+# same tensors in every run (as a published file is), and a checkpoint need not store it.
+ENCODER_INIT_SEED = 0
+
+
+@contextmanager
+def fixed_encoder_init() -> Iterator[None]:
+    """Initialise what is built inside from :data:`ENCODER_INIT_SEED`, leaving the global random
+    state as it was: the run's seed then governs only the trainable parts."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ENCODER_INIT_SEED)
+        yield
+
+
+def state_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's state (names, dtypes, shapes and bytes): equal digests, equal
+    tensors."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
