@@ -5,7 +5,8 @@ uninterrupted one, on the demo's model and a 20-clip SynthAVS-MS3 at 64 px.
     python experiments/design/runs_that_survive.py resume [override ...]
 
 ``ddp``: ``trainer=cpu`` with 4 clips a batch against ``trainer=ddp_sim`` (2 CPU processes) with 2,
-dropout off (each process draws its own masks); prints the first step's loss (mean over the
+dropout off (each process draws its own masks; add trainer.precision=64-true to compare the
+arithmetic without float32 rounding); prints the first step's loss (mean over the
 processes) and the largest difference of any synchronised gradient, then the metrics of both runs
 after 2 epochs. ``resume``: 3 epochs uninterrupted against a run that crashes as epoch 2 starts
 and is resumed from its last.ckpt into a new directory; prints both runs' metrics. The tests
