@@ -38,6 +38,7 @@ def run_facts(cfg: DictConfig) -> dict:
         "overrides": hydra_overrides(),
         "commit": source_version(),
         "hardware": hardware(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "torch": torch.__version__,
     }
 

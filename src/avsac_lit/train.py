@@ -20,12 +20,15 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from avsac_lit.build import CONFIG_PATH, build_run
 from avsac_lit.checkpoint import check_resumable
 from avsac_lit.cli import apply_extras, task_wrapper
 from avsac_lit.counterfactual import audio_conditions, report_listening, test_conditions
+from avsac_lit.devices import claim_gpu
 from avsac_lit.run_record import (
     Stopwatch,
     carry_csv_history,
@@ -43,6 +46,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (``train``), then test the best checkpoint (``test``) under each ``test_audio``
     condition. Returns the final metrics, also written to ``metrics.json``."""
     clock = Stopwatch()
+    if cfg.get("gpus") and in_a_multirun():  # before anything touches CUDA
+        claim_gpu(Path(HydraConfig.get().sweep.dir) / ".gpus", int(cfg.gpus))
     facts = run_facts(cfg)  # before the run: the code version is the one that runs
     conditions = audio_conditions(cfg)
     if cfg.get("train") and cfg.get("ckpt_path"):
@@ -79,6 +84,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test") and len(conditions) > 1:
         report_listening(metrics, conditions, datamodule.hparams.root, output_dir)
     return metrics
+
+
+def in_a_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def check_experiment_argument(arguments: list[str]) -> None:
