@@ -110,14 +110,7 @@ def load_trained(
             f"{task}, or leave task unset to predict with this one."
         )
     check_classes(ckpt_path, net_state(checkpoint), cfg)
-    rebuilt = saved.get("rebuilt_encoders") or {}
-    if not rebuilt:  # the checkpoint holds every weight
-        with open_dict(cfg):
-            cfg.model.net = without_weight_files(cfg.model.net)
-    with quiet("avsac_lit"), encoder_files_needed(ckpt_path, rebuilt):
-        module = build_module(cfg)
-    module.restore_built_encoders(checkpoint)
-    net = module.net
+    net = module_with_encoders(ckpt_path, checkpoint, cfg).net
     net.load_state_dict(net_state(checkpoint))
     return TrainedModel(
         net=net.to(device).eval(),
@@ -125,6 +118,20 @@ def load_trained(
         checkpoint=ckpt_path,
         class_names=saved.get("class_names"),
     )
+
+
+def module_with_encoders(ckpt_path: Path, checkpoint: dict, cfg: DictConfig) -> nn.Module:
+    """The LightningModule of ``cfg``, with the encoders ``checkpoint`` left out put back into
+    its state dict (built from the config's weight files, checked by digest). A checkpoint that
+    holds every weight is built without any weight file."""
+    rebuilt = (checkpoint.get("avsac_lit") or {}).get("rebuilt_encoders") or {}
+    if not rebuilt:
+        with open_dict(cfg):
+            cfg.model.net = without_weight_files(cfg.model.net)
+    with quiet("avsac_lit"), encoder_files_needed(ckpt_path, rebuilt):  # weights come next
+        module = build_module(cfg)
+    module.restore_built_encoders(checkpoint)
+    return module
 
 
 def net_state(checkpoint: dict) -> dict[str, Tensor]:

@@ -40,11 +40,12 @@ TEST_TIME = (
 )  # fmt: skip
 
 
-def run_config_for_test(cfg: DictConfig, checkpoint: Path) -> DictConfig:
-    """The checkpoint's run config with this evaluation's test-time settings on top."""
+def run_config_for_test(cfg: DictConfig, checkpoint: Path, rebuilt: dict[str, str]) -> DictConfig:
+    """The checkpoint's run config with this evaluation's test-time settings on top; ``rebuilt``:
+    the encoders the checkpoint left out (:func:`rebuilt_encoders`)."""
     run = checkpoint_config(checkpoint)
     with open_dict(run):
-        if not rebuilt_encoders(checkpoint):  # the checkpoint holds every weight
+        if not rebuilt:  # the checkpoint holds every weight
             run.model.net = without_weight_files(run.model.net)
         for key, value in cfg.data.items():
             if value is not None:
@@ -70,10 +71,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test ``ckpt_path`` under each ``test_audio`` condition; returns the metrics."""
     clock = Stopwatch()
     checkpoint = existing_checkpoint(cfg.ckpt_path)
-    run = run_config_for_test(cfg, checkpoint)
+    rebuilt = rebuilt_encoders(checkpoint)
+    run = run_config_for_test(cfg, checkpoint, rebuilt)
     facts = run_facts(run)
     conditions = audio_conditions(run)
-    with encoder_files_needed(checkpoint, rebuilt_encoders(checkpoint)):
+    with encoder_files_needed(checkpoint, rebuilt):
         datamodule, module, trainer = build_run(run)
 
     metrics = test_conditions(trainer, module, datamodule, conditions, str(checkpoint))

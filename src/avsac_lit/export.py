@@ -17,11 +17,9 @@ from pathlib import Path
 import torch
 
 from avsac_lit.atomic import atomic_path
-from avsac_lit.build import build_module
 from avsac_lit.checkpoint import (
-    encoder_files_needed,
     existing_checkpoint,
-    quiet,
+    module_with_encoders,
     read_checkpoint,
     run_config,
 )
@@ -36,12 +34,10 @@ def export(ckpt_path: str | Path, output: str | Path, keep_training_state: bool 
         raise ValueError(f"Export {ckpt_path} to another file than itself.")
     checkpoint = read_checkpoint(ckpt_path)
     saved = checkpoint.get("avsac_lit") or {}
-    rebuilt = saved.get("rebuilt_encoders") or {}
-    if rebuilt:
-        cfg = run_config(ckpt_path, saved.get("config"), None)
-        with quiet("avsac_lit"), encoder_files_needed(ckpt_path, rebuilt):
-            module = build_module(cfg)
-        module.restore_built_encoders(checkpoint)
+    if saved.get("rebuilt_encoders"):
+        module_with_encoders(
+            ckpt_path, checkpoint, run_config(ckpt_path, saved.get("config"), None)
+        )
     if not keep_training_state:
         for key in TRAINING_STATE:
             checkpoint.pop(key, None)

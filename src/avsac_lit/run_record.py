@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 import avsac_lit
 from avsac_lit.atomic import atomic_path
+from avsac_lit.checkpoint import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def csv_history(ckpt_path: str | Path | None) -> list[dict[str, float]]:
     table = ckpt_path.resolve().parent.parent / "csv" / "metrics.csv"
     if not table.is_file():
         return []
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    checkpoint = read_checkpoint(ckpt_path, mmap=True)
     epoch, step = checkpoint["epoch"], checkpoint["global_step"]
     with table.open(newline="") as file:
         rows = [
