@@ -72,7 +72,10 @@ def build_module(cfg: DictConfig) -> AVSLitModule:
     log.info(
         "Instantiating model <%s> with backbone <%s>", cfg.model.net._target_, cfg.backbone.name
     )
-    return instantiate(cfg.model)
+    module = instantiate(cfg.model)
+    if cfg.get("compile"):
+        module.net.compile()
+    return module
 
 
 def instantiate_group(group: DictConfig | None, kind: str) -> list[Any]:

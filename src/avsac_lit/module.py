@@ -8,11 +8,13 @@ from collections.abc import Callable, Iterable
 import lightning as L
 import numpy as np
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 
 from avsac_lit.data.conditions import condition_of, metric_prefix
+from avsac_lit.feature_cache import EncoderFeatureCache
 from avsac_lit.metrics import (
     AudioShare,
     AVSSFScore,
@@ -50,6 +52,14 @@ def set_random_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def frames_independent(net: nn.Module) -> bool:
+    """Whether a frame's outputs depend on its own inputs only: the model says it treats frames
+    independently, and no BatchNorm in train mode normalises with statistics over the batch."""
+    return getattr(net, "frames_independent", False) and not any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in net.modules()
+    )
 
 
 class NonFiniteError(FloatingPointError):
@@ -94,6 +104,12 @@ class AVSLitModule(L.LightningModule):
         audio_share_batches: validation and test batches (the first ones, per process) on which
             the audio share of the final feature is measured; each costs two more forward passes.
             ``None`` measures every batch, 0 none (docs/metrics.md, "Audio share").
+        feature_cache: keeps the frozen encoders' outputs on disk, so that training and validation
+            compute them once per input (:mod:`avsac_lit.feature_cache`); ``None``: no cache.
+        skip_unread_frames: training computes only the frames a loss term or a training metric
+            reads (S4: the labelled first frame), where that changes nothing: the model treats
+            frames independently (no BatchNorm in train mode) and no loss term reads the others
+            (the synchrony loss reads every frame).
 
     Each stage has its own metrics, logged per epoch as ``{train,val,test}/{miou,f}`` (and
     ``f_pooled`` for S4/MS3); loss parts are ``{stage}/loss``, ``{stage}/seg``, ``{stage}/sync``
@@ -117,6 +133,8 @@ class AVSLitModule(L.LightningModule):
         warmup_steps: int,
         eval_padding_frames: bool,
         audio_share_batches: int | None,
+        feature_cache: EncoderFeatureCache | None = None,
+        skip_unread_frames: bool = True,
     ) -> None:
         super().__init__()
         if loss.num_classes != num_classes:
@@ -137,8 +155,11 @@ class AVSLitModule(L.LightningModule):
             )
         # The run's config.yaml rebuilds the net, the loss and the optimiser; keeping them out of
         # hparams keeps checkpoints loadable with torch.load(weights_only=True).
-        self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer", "scheduler"])
+        self.save_hyperparameters(
+            logger=False, ignore=["net", "loss", "optimizer", "scheduler", "feature_cache"]
+        )
         self.net, self.criterion = net, loss
+        self.feature_cache = feature_cache
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         # ModuleDict keys may not shadow Module attributes such as ``train``.
         self.metrics = nn.ModuleDict(
@@ -174,8 +195,55 @@ class AVSLitModule(L.LightningModule):
         return self.net(batch["frames"], batch["audio"], batch["frame_valid"])
 
     def model_step(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        outputs = self(batch)
+        outputs = self.cached_forward(batch["frames"], batch["audio"], batch["frame_valid"])
         return outputs, self.criterion(outputs, batch)
+
+    def cached_forward(self, frames: Tensor, audio: Tensor, frame_valid: Tensor) -> dict:
+        """The net's forward, with the frozen encoders' outputs from the feature cache while
+        fitting (training and validation; a test or a prediction sees each input once)."""
+        encoded = None
+        if self.feature_cache is not None and self.feature_cache.bound:
+            encoded = self.feature_cache.outputs(
+                self.net,
+                rearrange(frames, "b t c h w -> (b t) c h w"),
+                rearrange(audio, "b t one m f -> (b t) one m f"),
+            )
+        return self.net(frames, audio, frame_valid, encoded)
+
+    def on_fit_start(self) -> None:
+        # After a resumed checkpoint's weights are in: the cache keys on the weights in use.
+        if self.feature_cache is not None:
+            self.feature_cache.bind(self.net)
+
+    def on_fit_end(self) -> None:
+        if self.feature_cache is not None:
+            self.feature_cache.unbind()
+
+    def frames_to_compute(self, batch: dict) -> dict:
+        """The training batch with only the frames something reads (see ``skip_unread_frames``):
+        clips keep their layout when each has as many labelled frames (S4: [B, 1]), otherwise
+        every labelled frame becomes a one-frame clip."""
+        keep = batch["mask_valid"]  # [B, T]
+        if (
+            not self.hparams.skip_unread_frames
+            or self.criterion.reads_unlabelled_frames
+            or not frames_independent(self.net)
+            or keep.all()
+            or not keep.any()
+        ):
+            return batch
+        counts = keep.sum(dim=1).tolist()
+        uniform = all(c == counts[0] for c in counts)
+        clips, per_clip = (len(counts), counts[0]) if uniform else (sum(counts), 1)
+
+        def select(value):
+            if isinstance(value, Tensor) and value.shape[:2] == keep.shape:
+                return value[keep].reshape(clips, per_clip, *value.shape[2:])  # [B', T', ...]
+            if not uniform and isinstance(value, list | tuple) and len(value) == len(counts):
+                return [item for item, c in zip(value, counts, strict=True) for _ in range(c)]
+            return value
+
+        return {key: select(value) for key, value in batch.items()}
 
     def scored_frames(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         """[B, T] bool: the frames a stage's metrics see."""
@@ -226,8 +294,10 @@ class AVSLitModule(L.LightningModule):
             self.resumed_random_state = None
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        outputs, losses = self.model_step(batch)
+        clips = len(batch["frames"])
         self.batch_clips = list(batch["name"])
+        batch = self.frames_to_compute(batch)
+        outputs, losses = self.model_step(batch)
         # Every process decides together, so that under DDP none is left waiting for the others.
         finite = bool(torch.isfinite(losses["loss"]).item())
         if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
@@ -237,7 +307,7 @@ class AVSLitModule(L.LightningModule):
             )
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach(), prog_bar=name == "loss",
-                     batch_size=len(batch["frames"]))  # fmt: skip
+                     batch_size=clips)  # fmt: skip
         if batch["mask_valid"].any():
             self.update_metrics("train", outputs, batch)
         return losses["loss"]
@@ -289,7 +359,7 @@ class AVSLitModule(L.LightningModule):
             self.eval_losses[f"{prefix}/{name}"].update(value.detach(), len(batch["frames"]))
         self.update_metrics(stage, outputs, batch)
         if self.measures_audio_share(stage, batch, batch_idx):
-            shifts = counterfactual_shifts(self.net, batch, outputs["pixel_feature"])
+            shifts = counterfactual_shifts(self.cached_forward, batch, outputs["pixel_feature"])
             self.audio_share[stage].update(*shifts)
 
     def measures_audio_share(self, stage: str, batch: dict, batch_idx: int) -> bool:

@@ -47,6 +47,8 @@ class AVSAC(AVSModel):
         dropout: float = 0.1,
         mlp_hidden: int = 2048,
         mask_channels: tuple[int, int] = (128, 32),
+        activation_checkpointing: bool = False,
+        mask_head_chunk: int = 0,
     ) -> None:
         # Built before the rest, right after the encoders, so that a seed initialises every part
         # as it did when the BAVD was instantiated from its own config node.
@@ -63,18 +65,27 @@ class AVSAC(AVSModel):
             generator_layers=generator_layers,
             mlp_hidden=mlp_hidden,
             mask_channels=mask_channels,
+            activation_checkpointing=activation_checkpointing,
+            mask_head_chunk=mask_head_chunk,
         )
         self.bavd = bavd
+        bavd.activation_checkpointing = activation_checkpointing
         self.reset_head_parameters()
 
     def forward(
-        self, frames: Tensor, audio: Tensor, frame_valid: Tensor | None = None
+        self,
+        frames: Tensor,
+        audio: Tensor,
+        frame_valid: Tensor | None = None,
+        encoded: dict | None = None,
     ) -> dict[str, Tensor]:
         """
         Args:
             frames: [B, T, 3, H, W] normalised frames.
             audio: [B, T, 1, 96, 64] log-mel examples.
             frame_valid: [B, T] bool; padding frames (False) get zero features and logits.
+            encoded: the frozen encoders' outputs for these inputs, if already known (see
+                :meth:`AVSModel.encode`).
 
         Returns:
             ``logits`` [B, T, classes, H, W]; ``pixel_feature`` [B, T, C, H/4, W/4]
@@ -83,7 +94,7 @@ class AVSAC(AVSModel):
             ``audio_queries`` [B, T, Q, C] (F_a); ``vga`` [B, T, Q, C] (F_VGA).
         """
         batch = frames.shape[0]
-        encoded = self.encode(frames, audio, frame_valid)
+        encoded = self.encode(frames, audio, frame_valid, encoded)
         tokens = encoded["tokens"]
         agv_tokens, vga = self.bavd(
             tokens["tokens"],
@@ -94,8 +105,8 @@ class AVSAC(AVSModel):
         )
         agv = self.mask_feature(level_map(agv_tokens, tokens["shapes"], 0), encoded["stride4"])
         agv = self.masked(agv, encoded["flag"])
-        pixel_feature = self.head.fuse(agv, vga)
-        logits = self.masked(self.head.to_mask(pixel_feature), encoded["flag"])
+        pixel_feature, logits = self.predict(agv, vga)
+        logits = self.masked(logits, encoded["flag"])
         return {
             "logits": self.per_clip(logits, batch),
             "pixel_feature": self.per_clip(pixel_feature, batch),

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from avsac_lit.models.backbone import VisualBackbone
 from avsac_lit.models.base import AVSModel
+from avsac_lit.models.checkpointing import run
 from avsac_lit.models.mask_head import CrossModalMixer
 from avsac_lit.models.multiscale import level_map
 from avsac_lit.models.transformer import DeformableEncoderLayer, QueryDecoderLayer
@@ -45,6 +46,8 @@ class AVSegFormer(AVSModel):
         hidden_dim: int = 2048,
         mlp_hidden: int = 2048,
         mask_channels: tuple[int, int] = (128, 32),
+        activation_checkpointing: bool = False,
+        mask_head_chunk: int = 0,
         dropout: float = 0.1,
     ) -> None:
         super().__init__(
@@ -56,6 +59,8 @@ class AVSegFormer(AVSModel):
             generator_layers=generator_layers,
             mlp_hidden=mlp_hidden,
             mask_channels=mask_channels,
+            activation_checkpointing=activation_checkpointing,
+            mask_head_chunk=mask_head_chunk,
         )
         self.encoder = nn.ModuleList(
             DeformableEncoderLayer(dim=dim, heads=heads, hidden_dim=hidden_dim, dropout=dropout)
@@ -69,13 +74,19 @@ class AVSegFormer(AVSModel):
         self.reset_head_parameters()
 
     def forward(
-        self, frames: Tensor, audio: Tensor, frame_valid: Tensor | None = None
+        self,
+        frames: Tensor,
+        audio: Tensor,
+        frame_valid: Tensor | None = None,
+        encoded: dict | None = None,
     ) -> dict[str, Tensor]:
         """
         Args:
             frames: [B, T, 3, H, W] normalised frames.
             audio: [B, T, 1, 96, 64] log-mel examples.
             frame_valid: [B, T] bool; padding frames (False) get zero features and logits.
+            encoded: the frozen encoders' outputs for these inputs, if already known (see
+                :meth:`AVSModel.encode`).
 
         Returns:
             ``logits`` [B, T, classes, H, W]; ``pixel_feature`` [B, T, C, H/4, W/4] (the
@@ -84,18 +95,20 @@ class AVSegFormer(AVSModel):
             mixer); ``audio_queries`` [B, T, Q, C] (F_a); ``queries`` [B, T, Q, C] (decoder output).
         """
         batch = frames.shape[0]
-        encoded = self.encode(frames, audio, frame_valid)
+        encoded = self.encode(frames, audio, frame_valid, encoded)
         tokens = encoded["tokens"]
         memory = tokens["tokens"]
+        checkpointed = self.activation_checkpointing
         for layer in self.encoder:
-            memory = layer(memory, tokens["pos"], tokens["reference_points"], tokens["shapes"])
+            memory = run(layer, memory, tokens["pos"], tokens["reference_points"],
+                         tokens["shapes"], checkpointed=checkpointed)  # fmt: skip
         queries = encoded["audio_queries"]
         for layer in self.decoder:
-            queries = layer(queries, memory)
+            queries = run(layer, queries, memory, checkpointed=checkpointed)
         feature = self.mask_feature(level_map(memory, tokens["shapes"], 0), encoded["stride4"])
         feature = self.masked(self.mixer(feature, encoded["audio_token"]), encoded["flag"])
-        pixel_feature = self.head.fuse(feature, queries)
-        logits = self.masked(self.head.to_mask(pixel_feature), encoded["flag"])
+        pixel_feature, logits = self.predict(feature, queries)
+        logits = self.masked(logits, encoded["flag"])
         return {
             "logits": self.per_clip(logits, batch),
             "pixel_feature": self.per_clip(pixel_feature, batch),

@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from avsac_lit.models.checkpointing import run
 from avsac_lit.models.deformable_attention import MultiScaleDeformableAttention
 from avsac_lit.models.transformer import FeedForward
 
@@ -121,6 +122,8 @@ class BAVD(nn.Module):
             VGALayer(dim=dim, heads=heads, hidden_dim=hidden_dim, dropout=dropout, ffn=vga_ffn)
             for _ in range(num_layers)
         )
+        # Set by the model (AVSAC's ``activation_checkpointing``).
+        self.activation_checkpointing = False
 
     def forward(
         self, visual: Tensor, pos: Tensor, reference_points: Tensor,
@@ -130,7 +133,10 @@ class BAVD(nn.Module):
         audio_to_vision = self.bridge in ("bidirectional", "audio_to_vision")
         vision_to_audio = self.bridge in ("bidirectional", "vision_to_audio")
         agv, vga = visual, audio
+        checkpointed = self.activation_checkpointing
         for agv_layer, vga_layer in zip(self.agv_layers, self.vga_layers, strict=True):
-            agv = agv_layer(agv, pos, reference_points, shapes, vga if audio_to_vision else audio)
-            vga = vga_layer(vga, agv if vision_to_audio else visual)
+            guide = vga if audio_to_vision else audio
+            agv = run(agv_layer, agv, pos, reference_points, shapes, guide,
+                      checkpointed=checkpointed)  # fmt: skip
+            vga = run(vga_layer, vga, agv if vision_to_audio else visual, checkpointed=checkpointed)
         return agv, vga

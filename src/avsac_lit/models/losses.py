@@ -116,6 +116,11 @@ class AVSCriterion(nn.Module):
         self.feature_key, self.mix_weight = feature_key, mix_weight
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
 
+    @property
+    def reads_unlabelled_frames(self) -> bool:
+        """The synchrony loss reads every real frame; the other terms the labelled ones only."""
+        return self.sync != "none"
+
     def forward(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Model outputs ([B, T, ...]) and a data batch -> ``loss`` and its parts (scalars)."""
         labelled = batch["mask_valid"]  # [B, T]

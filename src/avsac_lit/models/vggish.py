@@ -112,8 +112,16 @@ class AudioEncoder(nn.Module):
             self.vggish.eval()
         return self
 
+    def embed(self, audio: Tensor) -> Tensor:
+        """Log-mel examples [N, 1, 96, 64] -> VGGish embeddings [N, 128]: the frozen part, which
+        the encoder feature cache can stand in for."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            return self.vggish(audio)
+
+    def project(self, embedding: Tensor) -> Tensor:
+        """VGGish embeddings [N, 128] -> audio features [N, dim]: the trainable part."""
+        return self.proj(self.norm(embedding))
+
     def forward(self, audio: Tensor) -> Tensor:
         """Log-mel examples [N, 1, 96, 64] -> audio features [N, dim]."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
-            embedding = self.vggish(audio)  # [N, 128]
-        return self.proj(self.norm(embedding))
+        return self.project(self.embed(audio))

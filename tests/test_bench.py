@@ -1,0 +1,46 @@
+"""avsac_lit.bench: the figures it prints describe the step it times."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from avsac_lit.bench import PARTS, run
+from avsac_lit.build import compose_config
+from tests.helpers import TINY_RUN
+
+# The tiny AVSegFormer on S4-shaped batches, its audio BatchNorm off so that frames are
+# independent and the unlabelled ones can be skipped.
+TINY = [o for o in TINY_RUN if not o.startswith(("data.", "~", "extras"))]
+S4 = ["+experiment=synthetic_s4", "+setting=avsegformer_small", "data.img_size=32",
+      "model.net.audio.normalize=false", "bench.steps=1", "bench.warmup=1", *TINY]  # fmt: skip
+
+
+def test_skipping_unread_frames_shows_as_a_fifth_of_the_flops_with_the_same_loss(tmp_path):
+    skipping = compose_config("bench", S4, tmp_path)
+    every_frame = compose_config("bench", [*S4, "model.skip_unread_frames=false"], tmp_path)
+    results = run(skipping, every_frame)
+    for name in ("A", "B"):
+        assert set(results[name]["seconds"]) == {*PARTS, "step"}
+        assert all(seconds >= 0 for seconds in results[name]["seconds"].values())
+        assert results[name]["peak_memory_gb"] > 0
+        assert len(results[name]["losses"]) == 2  # the warm-up step's and the timed one's
+    # 1 of 5 frames: the FLOPs of everything per frame (the optimiser's are not counted).
+    assert 4 < results["B"]["gflop"] / results["A"]["gflop"] <= 5
+    assert results["first_loss_difference"] < 1e-5
+    assert results["ratio_b_over_a"]["step"] > 1
+    assert results["matmul_peak_gflop_per_s"] > 0
+
+
+def test_the_command_line_compares_two_configs_and_writes_bench_json(tmp_path):
+    compare = 'bench.compare="model.net.mask_head_chunk=1 model.net.activation_checkpointing=true"'
+    command = [sys.executable, "-m", "avsac_lit.bench", *S4, "bench.flops=false",
+               f"hydra.run.dir={tmp_path}", compare]  # fmt: skip
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert results == json.loads(finished.stdout.strip().splitlines()[-1])
+    assert "B / A" in finished.stdout and "first-step loss" in finished.stdout
+    # The same model and weights, computed in pieces: the same first loss.
+    assert results["first_loss_difference"] < 1e-6
