@@ -87,6 +87,14 @@ class EncoderFeatureCache:
         for encoder in (net.visual, net.audio.vggish):
             if frozen_and_eval(encoder):
                 self.digests[id(encoder)] = state_digest(encoder)
+        if self.bound:
+            cached = [name for name, encoder in (("backbone", net.visual),
+                      ("VGGish", net.audio.vggish)) if id(encoder) in self.digests]  # fmt: skip
+            log.info(
+                "The frozen %s outputs are cached in %s (%s; docs/performance.md lists the disk "
+                "it takes); model.feature_cache.enabled=false turns the cache off.",
+                " and ".join(cached), self.root, self.dtype,
+            )  # fmt: skip
         for store in self.root.glob("*-*"):
             remove_leftovers(store, older_than_s=3600)
 
