@@ -148,14 +148,19 @@ def test_clips_with_unequal_labelled_frames_become_one_frame_clips():
     assert skipped["loss"].item() == pytest.approx(full["loss"].item(), abs=1e-6)
 
 
-def test_float32_cache_gives_bit_identical_outputs_computed_once(tmp_path):
-    batch = s4_train_batch(clips=2, frames=3)
+def with_and_without_cache(root: Path, dtype: str, frames: int):
+    """(batch, the uncached model's outputs, a model with a bound cache, the cache)."""
+    batch = s4_train_batch(clips=2, frames=frames)
     batch["mask_valid"][:] = True
-    plain = small_module("avsac", sync="kl")
-    reference, _ = plain.model_step(batch)
-    cache = EncoderFeatureCache(root=tmp_path, dtype="float32")
+    reference, _ = small_module("avsac", sync="kl").model_step(batch)
+    cache = EncoderFeatureCache(root=root, dtype=dtype)
     module = small_module("avsac", sync="kl", cache=cache)
     cache.bind(module.net)
+    return batch, reference, module, cache
+
+
+def test_float32_cache_gives_bit_identical_outputs_computed_once(tmp_path):
+    batch, reference, module, cache = with_and_without_cache(tmp_path, "float32", frames=3)
     for epoch in range(2):
         outputs, _ = module.model_step(batch)
         assert torch.equal(outputs["logits"], reference["logits"]), epoch
@@ -167,13 +172,7 @@ def test_float32_cache_gives_bit_identical_outputs_computed_once(tmp_path):
 
 
 def test_float16_cache_rounds_the_same_way_when_computing_and_reading(tmp_path):
-    batch = s4_train_batch(clips=2, frames=2)
-    batch["mask_valid"][:] = True
-    plain = small_module("avsac", sync="kl")
-    reference, _ = plain.model_step(batch)
-    cache = EncoderFeatureCache(root=tmp_path, dtype="float16")
-    module = small_module("avsac", sync="kl", cache=cache)
-    cache.bind(module.net)
+    batch, reference, module, cache = with_and_without_cache(tmp_path, "float16", frames=2)
     computed, _ = module.model_step(batch)
     read, _ = module.model_step(batch)
     assert cache.hits == 8
