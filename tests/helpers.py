@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal as signal_module
 from pathlib import Path
 
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
 import avsac_lit
@@ -52,3 +55,20 @@ def eval_run(ckpt_path: Path, output_dir: Path, extra: list[str] = ()) -> DictCo
     the command line names only the checkpoint and test-time settings."""
     overrides = [f"ckpt_path={ckpt_path}", "data.num_workers=0", "extras.print_config=false"]
     return compose_config("eval", [*overrides, "~logger", *extra], output_dir)
+
+
+class SignalAt(Callback):
+    """Sends this process ``signal`` at the end of training step ``step`` (or at the first test
+    batch with ``step=-1``): a scheduler's signal at a known point, for the stop-and-resume
+    tests. Add it with ``+callbacks.signal_at._target_=tests.helpers.SignalAt``."""
+
+    def __init__(self, step: int, signal: str = "SIGUSR2") -> None:
+        self.step, self.signum = step, getattr(signal_module, signal)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args) -> None:
+        if self.step == -1 and batch_idx == 0:
+            os.kill(os.getpid(), self.signum)

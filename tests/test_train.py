@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import logging
 import re
 import shutil
 import sys
@@ -281,8 +282,8 @@ def test_a_run_resumed_mid_epoch_continues_that_epoch_and_says_so(
     """A checkpoint written after 2 of epoch 1's 6 batches (every_n_train_steps; Lightning
     writes none before the first validation), then a crash: the resumed run trains the other 4,
     the same ones with the same random draws as the run that was never interrupted, so it ends
-    with the same weights and validation scores, and warns that the epoch's train/ metrics cover
-    only those batches."""
+    with the same weights, validation scores and (the checkpoint holds the first 2 batches'
+    sums) training metrics, and says where it continues."""
     run = [
         "trainer.max_epochs=2", "data.train_batch_size=1", "model.net.dropout=0.1",
         "+callbacks.model_checkpoint.every_n_train_steps=1", "test=false",
@@ -302,9 +303,11 @@ def test_a_run_resumed_mid_epoch_continues_that_epoch_and_says_so(
     monkeypatch.setattr(AVSLitModule, "training_step", original)
     last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 8
+    caplog.set_level(logging.INFO, logger="avsac_lit.resume")
     resumed = train(tiny_run("ms3", tree, tmp_path / "resumed", [*run, f"ckpt_path={last}"]))
     assert "in the middle of epoch 1 after 2 of its 6 batches" in caplog.text
-    for name in ("val/miou", "val/f", "val/loss", "val/miou_best"):
+    names = ("val/miou", "val/f", "val/loss", "val/miou_best", "train/miou", "train/f")
+    for name in names:
         assert resumed[name] == whole[name], name
 
     def weights(run_dir: Path) -> dict:

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -30,6 +32,26 @@ log = logging.getLogger(__name__)
 
 CONFIG_MODULE = "avsac_lit.conf"
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
+
+
+def slurm_tasks_per_node(trainer: DictConfig) -> int:
+    """The tasks SLURM starts per node for a run on this trainer: one per device under
+    ``strategy: ddp`` (Lightning takes its processes from SLURM); one otherwise (one process, or
+    ddp_spawn, which starts its own)."""
+    return int(trainer.get("devices") or 1) if trainer.get("strategy") == "ddp" else 1
+
+
+def slurm_gpus_per_node(trainer: DictConfig) -> int | None:
+    """The GPUs a SLURM job asks for per node: none for ``trainer.accelerator=cpu``, else the
+    trainer's devices."""
+    if str(trainer.get("accelerator", "auto")) == "cpu":
+        return None
+    return int(trainer.get("devices") or 1)
+
+
+# Read by hydra/launcher=slurm, which derives the job's shape from the trainer.
+for resolver in (slurm_tasks_per_node, slurm_gpus_per_node):
+    OmegaConf.register_new_resolver(resolver.__name__, resolver, replace=True)
 
 
 def compose_config(
@@ -93,10 +115,13 @@ def instantiate_group(group: DictConfig | None, kind: str) -> list[Any]:
 
 
 def build_run(
-    cfg: DictConfig, callbacks: DictConfig | None = None
+    cfg: DictConfig,
+    callbacks: DictConfig | None = None,
+    extra_callbacks: Sequence[L.Callback] = (),
 ) -> tuple[AVSDataModule, AVSLitModule, L.Trainer]:
     """Seed, then build the data, the module (with the data's number of classes), the loggers
-    and the trainer; save the resolved config and log it once."""
+    and the trainer (with ``callbacks`` from the config and ``extra_callbacks``); save the
+    resolved config and log it once."""
     check_trainer_settings(cfg.trainer)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -106,15 +131,38 @@ def build_run(
     save_resolved_config(cfg)
     module = build_module(cfg)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
-    built_callbacks = instantiate_group(callbacks, "callback")
+    built_callbacks = [*instantiate_group(callbacks, "callback"), *extra_callbacks]
     loggers = instantiate_group(cfg.get("logger"), "logger")
     if not loggers and any(isinstance(c, LearningRateMonitor) for c in built_callbacks):
         log.warning("No logger: the learning-rate monitor is left out.")
         built_callbacks = [c for c in built_callbacks if not isinstance(c, LearningRateMonitor)]
     log.info("Instantiating trainer <%s>", cfg.trainer._target_)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=built_callbacks, logger=loggers)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=built_callbacks, logger=loggers, **cluster_settings(cfg.trainer)
+    )
     log_hyperparameters(cfg, module, trainer)
     return datamodule, module, trainer
+
+
+def cluster_settings(trainer: DictConfig) -> dict[str, Any]:
+    """What the trainer's config leaves to the machine it runs on:
+
+    * in a SLURM job, Lightning's SLURM environment without its own requeue handling (it saves
+      in the middle of a step on USR1): :mod:`avsac_lit.resume` stops and requeues runs;
+    * ``sync_batchnorm: auto``: torch's SyncBatchNorm on GPUs; off on CPUs, where it refuses the
+      tensors (the synthetic experiments' audio BatchNorm synchronises itself there).
+    """
+    settings: dict[str, Any] = {}
+    if SLURMEnvironment.detect():
+        plugins = list(instantiate(trainer.get("plugins")) or [])
+        settings["plugins"] = [*plugins, SLURMEnvironment(auto_requeue=False)]
+    if trainer.get("sync_batchnorm") == "auto":
+        accelerator = str(trainer.get("accelerator", "auto"))
+        on_gpus = accelerator in ("gpu", "cuda") or (
+            accelerator == "auto" and torch.cuda.is_available()
+        )
+        settings["sync_batchnorm"] = on_gpus
+    return settings
 
 
 # Trainer settings that must be whole numbers (or null), checked before anything is built: a

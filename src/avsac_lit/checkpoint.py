@@ -280,26 +280,6 @@ def quiet(logger_name: str):
         logger.setLevel(level)
 
 
-def check_resumable(cfg: DictConfig, ckpt_path: str | Path) -> None:
-    """Resuming continues the same training: the checkpoint must be of this run's task and
-    model. A checkpoint of another task (S4 weights resumed on MS3) would otherwise continue
-    silently on the wrong data, and one of another model size fail in a wall of shape errors."""
-    saved = checkpoint_config(ckpt_path)
-    wanted, found = training_identity(cfg), training_identity(saved)
-    differences = [
-        f"{key}: {found.get(key)!r} in the checkpoint, {value!r} in this run"
-        for key, value in wanted.items()
-        if value is not None and found.get(key) != value  # None: filled in when the run is built
-    ]
-    if differences:
-        shown = "; ".join(differences[:4]) + ("; ..." if len(differences) > 4 else "")
-        raise ValueError(
-            f"ckpt_path={ckpt_path} was written by another kind of run than this one ({shown}). "
-            "Resume with the run's own settings (they are in the checkpoint's config.yaml, "
-            "beside checkpoints/), or leave ckpt_path out to start a new run."
-        )
-
-
 def training_identity(cfg: DictConfig) -> dict:
     """What a resumed run must share with its checkpoint: the task and the model, flattened to
     dotted keys; weight-file paths excluded (the checkpoint holds the weights)."""

@@ -16,6 +16,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from avsac_lit.resume import RunStopped, exit_stopped
+
 log = logging.getLogger(__name__)
 
 
@@ -27,6 +29,9 @@ def task_wrapper(task: Callable[[DictConfig], dict]) -> Callable[[DictConfig], d
     def wrapped(cfg: DictConfig) -> dict:
         try:
             return task(cfg)
+        except RunStopped as stop:  # on purpose: one line, no traceback
+            exit_stopped(stop)
+            raise
         except BaseException:
             log.exception("The run failed; its directory is %s", cfg.paths.output_dir)
             raise

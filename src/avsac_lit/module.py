@@ -175,6 +175,7 @@ class AVSLitModule(L.LightningModule):
         # best score reached before the interruption.
         self.val_miou_best.persistent(True)
         self.resumed_random_state: dict | None = None
+        self.resumed_train_metric_sums: list[dict[str, Tensor]] | None = None
         # What the encoders are when built from the config (a weight file, a hub, or the fixed
         # init): a checkpoint leaves out an encoder that still matches, and rebuilds it on loading.
         self.encoder_digests = {k: state_digest(m) for k, m in self.encoders().items()}
@@ -276,6 +277,8 @@ class AVSLitModule(L.LightningModule):
         # The sanity check's batches must not count towards the first epoch.
         self.stage_metrics("val").reset()
         self.audio_share["val"].reset()
+        self.restore_train_metric_sums(self.resumed_train_metric_sums)
+        self.resumed_train_metric_sums = None
 
     def on_train_epoch_start(self) -> None:
         self.restore_random_state()
@@ -458,14 +461,54 @@ class AVSLitModule(L.LightningModule):
             "config": self.run_config,
             "class_names": getattr(datamodule, "class_names", None),
             "random_state": random_state(),
+            "train_metric_sums": self.train_metric_sums(),
         }
         self.leave_out_built_encoders(checkpoint)
+
+    def train_metric_sums(self) -> list[dict[str, Tensor]]:
+        """The running sums of the epoch's training metrics, one dict per process (zeros at an
+        epoch's end), so that an epoch resumed after a mid-epoch checkpoint ends with the
+        metrics of the uninterrupted epoch. Every process calls this as the checkpoint is
+        dumped (Lightning dumps it on all of them), and the sums are gathered."""
+        metrics = self.stage_metrics("train")
+        metrics.persistent(True)
+        try:
+            sums = {name: value.detach().clone() for name, value in metrics.state_dict().items()}
+        finally:
+            metrics.persistent(False)
+        if self._trainer is None or self.trainer.world_size == 1:
+            return [sums]
+        gathered = {name: self.all_gather(value) for name, value in sums.items()}  # [P, ...]
+        return [
+            {n: v[rank] for n, v in gathered.items()} for rank in range(self.trainer.world_size)
+        ]
+
+    def restore_train_metric_sums(self, per_process: list[dict[str, Tensor]] | None) -> None:
+        """This process's running sums of :meth:`train_metric_sums`. With another number of
+        processes than the checkpoint's, the first takes their total (sums add over processes)."""
+        if not per_process:
+            return
+        processes, rank = self.trainer.world_size, self.trainer.global_rank
+        if len(per_process) == processes:
+            mine = per_process[rank]
+        else:
+            mine = {n: sum(p[n] for p in per_process) for n in per_process[0]}
+            if rank != 0:
+                mine = {n: v.zero_() for n, v in mine.items()}
+        metrics = self.stage_metrics("train")
+        metrics.persistent(True)
+        try:
+            metrics.load_state_dict(mine, strict=False)
+        finally:
+            metrics.persistent(False)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Checkpoints written before the best score was saved: start it from nothing.
         best = "val_miou_best.max_value"
         checkpoint["state_dict"].setdefault(best, torch.tensor(float("-inf")))
-        self.resumed_random_state = (checkpoint.get("avsac_lit") or {}).get("random_state")
+        saved = checkpoint.get("avsac_lit") or {}
+        self.resumed_random_state = saved.get("random_state")
+        self.resumed_train_metric_sums = saved.get("train_metric_sums")
         self.restore_built_encoders(checkpoint)
 
     def warmup_factor(self) -> float:

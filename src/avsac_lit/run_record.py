@@ -23,7 +23,6 @@ from omegaconf import DictConfig
 
 import avsac_lit
 from avsac_lit.atomic import atomic_path
-from avsac_lit.checkpoint import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +41,29 @@ def run_facts(cfg: DictConfig) -> dict:
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "torch": torch.__version__,
     }
+
+
+def process_facts(trainer) -> dict:
+    """How many processes and nodes the run used and, in a SLURM job, which job it was (its
+    restarts count the requeues: a run that survived time limits says so)."""
+    facts = {
+        "world_size": trainer.world_size,
+        "nodes": trainer.num_nodes,
+        "processes_per_node": trainer.num_devices,
+        "strategy": type(trainer.strategy).__name__,
+    }
+    if "SLURM_JOB_ID" in os.environ:
+        env = os.environ.get
+        facts["slurm"] = {
+            "job_id": env("SLURM_JOB_ID"),
+            "array_job_id": env("SLURM_ARRAY_JOB_ID"),
+            "array_task_id": env("SLURM_ARRAY_TASK_ID"),
+            "restarts": int(env("SLURM_RESTART_COUNT", "0")),
+            "nodes": env("SLURM_JOB_NODELIST"),
+            "tasks": int(env("SLURM_NTASKS", "1")),
+            "partition": env("SLURM_JOB_PARTITION"),
+        }
+    return facts
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -117,47 +139,6 @@ class Stopwatch:
     @property
     def seconds(self) -> float:
         return round(time.perf_counter() - self.start, 1)
-
-
-def csv_history(ckpt_path: str | Path | None) -> list[dict[str, float]]:
-    """The rows of ``csv/metrics.csv`` that the run which wrote ``ckpt_path`` logged up to that
-    checkpoint's epoch; read before a resumed run's CSV logger starts (which deletes the file when
-    the run resumes in its own directory). Rows of the interrupted epoch are left out: the
-    resumed run trains it again."""
-    if not ckpt_path:
-        return []
-    ckpt_path = Path(ckpt_path)
-    table = ckpt_path.resolve().parent.parent / "csv" / "metrics.csv"
-    if not table.is_file():
-        return []
-    checkpoint = read_checkpoint(ckpt_path, mmap=True)
-    epoch, step = checkpoint["epoch"], checkpoint["global_step"]
-    with table.open(newline="") as file:
-        rows = [
-            {key: float(value) for key, value in row.items() if value not in ("", None)}
-            for row in csv.DictReader(file)
-        ]
-
-    # Rows without an epoch (the learning rate, logged as an epoch starts) go by their step.
-    def before_the_checkpoint(row: dict[str, float]) -> bool:
-        return row["epoch"] <= epoch if "epoch" in row else row["step"] < step
-
-    return [row for row in rows if before_the_checkpoint(row)]
-
-
-def carry_csv_history(trainer, rows: list[dict[str, float]]) -> None:
-    """Write ``rows`` first into the CSV logger's ``metrics.csv``, so that a resumed run's file
-    holds the whole history, as the uninterrupted run's would."""
-    for logger in trainer.loggers:
-        if isinstance(logger, CSVLogger) and rows:
-            for row in rows:
-                metrics = {
-                    k: (int(v) if k == "epoch" else v) for k, v in row.items() if k != "step"
-                }
-                logger.experiment.log_metrics(metrics, step=int(row["step"]))
-            logger.experiment.save()
-            log.info("Carried %d rows of the resumed run's metrics.csv into %s", len(rows),
-                     logger.experiment.metrics_file_path)  # fmt: skip
 
 
 def adopt_csv_columns(trainer) -> None:

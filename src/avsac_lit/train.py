@@ -25,18 +25,20 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from avsac_lit.build import CONFIG_PATH, build_run
-from avsac_lit.checkpoint import check_resumable
 from avsac_lit.cli import apply_extras, task_wrapper
 from avsac_lit.counterfactual import audio_conditions, report_listening, test_conditions
 from avsac_lit.devices import claim_gpu
-from avsac_lit.run_record import (
-    Stopwatch,
+from avsac_lit.resume import (
+    FIT_METRICS,
+    RunStopped,
+    StopAndResume,
+    StopSignals,
     carry_csv_history,
-    csv_history,
-    run_facts,
-    scalar_metrics,
-    write_metrics,
+    resume_point,
+    save_fit_metrics,
+    stop_message,
 )
+from avsac_lit.run_record import Stopwatch, process_facts, run_facts, scalar_metrics, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -50,40 +52,63 @@ def train(cfg: DictConfig) -> dict[str, float]:
         claim_gpu(Path(HydraConfig.get().sweep.dir) / ".gpus", int(cfg.gpus))
     facts = run_facts(cfg)  # before the run: the code version is the one that runs
     conditions = audio_conditions(cfg)
-    if cfg.get("train") and cfg.get("ckpt_path"):
-        check_resumable(cfg, cfg.ckpt_path)
-    history = csv_history(cfg.get("ckpt_path")) if cfg.get("train") else []
-    datamodule, module, trainer = build_run(cfg, callbacks=cfg.get("callbacks"))
-    carry_csv_history(trainer, history)
+    # Stop signals are noted from here on, and acted on where the run resumes exactly.
+    with StopSignals(cfg.get("requeue_signal", "USR2")) as signals:
+        start = resume_point(cfg)
+        datamodule, module, trainer = build_run(
+            cfg, callbacks=cfg.get("callbacks"), extra_callbacks=[StopAndResume(signals)]
+        )
+        signals.children = trainer.strategy.launcher  # ddp_spawn's workers hear them too
+        carry_csv_history(trainer, start.history)
+        try:
+            metrics, best = fit_and_test(cfg, trainer, module, datamodule, conditions, start)
+        except RunStopped:
+            raise
+        except BaseException as error:
+            # A worker process (ddp_spawn) that stopped on the signal ends the main one here.
+            if signals.received is None:
+                raise
+            where = "in the training processes"
+            message = stop_message(signals.received, where, cfg.paths.output_dir, requeued=False)
+            raise RunStopped(message, signals.received) from error
 
-    if cfg.get("train"):
-        if cfg.get("ckpt_path"):
-            log.info("Resuming from %s", cfg.ckpt_path)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics = scalar_metrics(trainer.callback_metrics)
     # Logged by the module, so that it also reaches ddp_spawn's main process, whose fit loop
     # never ran an epoch.
     epochs_trained = int(metrics.pop("epochs_trained", None) or trainer.current_epoch)
-
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if cfg.get("test"):
-        if not best:
-            log.warning("No best checkpoint (fast_dev_run or no checkpointing): testing the "
-                        "current weights.")  # fmt: skip
-        metrics |= test_conditions(trainer, module, datamodule, conditions, best or None)
-
     output_dir = Path(cfg.paths.output_dir)
     write_metrics(
         output_dir / "metrics.json",
         metrics,
         **facts,
+        **process_facts(trainer),
+        resumed_from=start.ckpt_path,
         best_checkpoint=best or None,
         epochs_trained=epochs_trained,
         wall_time_s=clock.seconds,
     )
+    (output_dir / FIT_METRICS).unlink(missing_ok=True)  # metrics.json holds them now
     if cfg.get("test") and len(conditions) > 1:
         report_listening(metrics, conditions, datamodule.hparams.root, output_dir)
     return metrics
+
+
+def fit_and_test(cfg, trainer, module, datamodule, conditions, start) -> tuple[dict, str]:
+    """Train (from ``start``), then test the best checkpoint under each audio condition.
+    Returns the metrics and the best checkpoint's path."""
+    if cfg.get("train"):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=start.ckpt_path)
+    metrics = scalar_metrics(trainer.callback_metrics) | start.fit_metrics
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.get("test"):
+        if not best:
+            log.warning("No best checkpoint (fast_dev_run or no checkpointing): testing the "
+                        "current weights.")  # fmt: skip
+        try:
+            metrics |= test_conditions(trainer, module, datamodule, conditions, best or None)
+        except RunStopped:
+            save_fit_metrics(cfg.paths.output_dir, metrics, trainer.global_step)
+            raise
+    return metrics, best
 
 
 def in_a_multirun() -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +116,10 @@ class AVSDataModule(L.LightningDataModule):
         workers = self.hparams.num_workers
         if shuffle:
             sampler = TrainSampler(len(dataset), batch_size=batch_size)
-            self.continue_interrupted_epoch(sampler)
+            # A resumed run's loader starts where the interrupted run stood.
+            from avsac_lit.resume import continue_interrupted_epoch
+
+            continue_interrupted_epoch(self.trainer, sampler)
         else:
             sampler = EvalSampler(len(dataset), batch_size=batch_size)
         return DataLoader(
@@ -128,37 +130,6 @@ class AVSDataModule(L.LightningDataModule):
             pin_memory=self.hparams.pin_memory,
             persistent_workers=workers > 0,
         )
-
-    def continue_interrupted_epoch(self, sampler: TrainSampler) -> None:
-        """Start ``sampler`` where a resumed run's training stands.
-
-        Lightning asks for the loader after restoring its loops from the checkpoint and draws
-        the first batch before it sets the sampler's epoch, so the epoch is set here; a
-        checkpoint written mid-epoch continues that epoch with the batches it had not trained on.
-        """
-        trainer = self.trainer
-        if trainer is None or not trainer.ckpt_path:
-            return
-        epochs = trainer.fit_loop.epoch_progress
-        sampler.set_epoch(epochs.current.processed)
-        # processed, not completed: a checkpoint written at a batch's end holds its step.
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        batches = limited_batches(len(sampler.rank_batches()), trainer.limit_train_batches)
-        mid_epoch = epochs.total.started == epochs.total.processed + 1 and 0 < done < batches
-        if not mid_epoch:
-            return
-        # The loader draws its first batch in the interrupted epoch, which Lightning continues.
-        sampler.skip_batches(done)
-        # Lightning's warning that such a resume is "unreliable" is about loaders that start the
-        # epoch again; this one does not, and the message below says what does differ.
-        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended")
-        log.warning(
-            "Resuming from %s, written in the middle of epoch %d after %d of its %d batches: the "
-            "epoch continues with the batches it had not trained on, as the interrupted run "
-            "would have, but its train/ metrics cover only those. An end-of-epoch checkpoint "
-            "(last.ckpt) resumes to the metrics of an uninterrupted run.",
-            trainer.ckpt_path, epochs.current.processed, done, batches,
-        )  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.hparams.train_batch_size, shuffle=True)
@@ -193,14 +164,6 @@ class AVSDataModule(L.LightningDataModule):
         if not self.datasets:
             self.setup(None)
         return list(next(iter(self.datasets.values())).class_names)
-
-
-def limited_batches(batches: int, limit: int | float | None) -> int:
-    """The batches an epoch trains on under ``trainer.limit_train_batches``, as Lightning
-    counts them."""
-    if limit is None:
-        return batches
-    return min(batches, limit) if isinstance(limit, int) else int(batches * limit)
 
 
 def _has_synthetic_tree(root: str | Path, task: str, settings: dict[str, Any]) -> bool:

@@ -1,0 +1,449 @@
+"""Stopping and resuming a run: the whole story, in one file.
+
+**How a run is stopped.** Two signals stop a training run on purpose:
+
+* the *requeue signal* (``requeue_signal``, ``USR2`` by default): what SLURM sends
+  ``hydra.launcher.signal_delay_s`` seconds before a job's time limit (``hydra/launcher=slurm``
+  asks for exactly this signal), and what a preemption script sends (``scancel --signal=USR2``);
+* ``SIGTERM``: ``scancel``, ``scontrol requeue``, a node drain, ``kill``.
+
+Either way :class:`StopSignals` only notes the signal; the run goes on to the next point where
+its whole state can be saved as the uninterrupted run would have it (:class:`StopAndResume`,
+every process deciding together):
+
+* the end of a training batch that is not its epoch's last: ``checkpoints/last.ckpt`` is written
+  there, mid-epoch (the last batch is followed by the epoch's validation, which a resume from
+  there would skip, so a stop waits past it);
+* the start of an epoch, when the previous epoch's validation wrote ``last.ckpt`` and nothing
+  has trained since;
+* the start of training, or a test batch: nothing has trained since ``last.ckpt``.
+
+Then, on the requeue signal under SLURM, the first process asks SLURM to requeue the job
+(``scontrol requeue``); every process exits with status 128 + the signal's number, after one
+line that says what stopped the run and how to resume it (:class:`RunStopped`). Lightning's own
+handlers (its SLURM requeue on ``USR1``, which saves in the middle of a step, and its ``SIGTERM``
+exception, which exits with status 0) and submitit's (which requeues without a checkpoint) are
+replaced while the run lasts: one signal, one handler.
+
+**How a run resumes.** ``ckpt_path=...`` names the checkpoint. Without one, a run whose
+directory already holds ``checkpoints/last.ckpt`` continues from it (:func:`resume_point`): a
+requeued job (it runs in the same directory), or the same command again with the same
+``hydra.run.dir``. A directory whose run has finished (``metrics.json``) is never run again.
+The continuation is exact because the checkpoint holds, besides the weights, optimiser,
+scheduler and loop counters that Lightning saves:
+
+* the random state (``AVSLitModule.on_save_checkpoint``), restored before the next batch;
+* the best checkpoints' scores (``callbacks.ResumableCheckpoint``), carried into a new directory;
+* the partial sums of an interrupted epoch's training metrics, per process
+  (``AVSLitModule.on_save_checkpoint``);
+
+and because the training order is a function of the seed and the epoch only
+(``data.samplers.TrainSampler``): an epoch interrupted after k batches continues with batch k+1
+(:func:`continue_interrupted_epoch`). The CSV log's rows before the checkpoint are carried into
+the resumed run's file (:func:`carry_csv_history`), so it holds the whole history.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch.distributed as dist
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
+
+from avsac_lit.atomic import atomic_path
+from avsac_lit.checkpoint import checkpoint_config, read_checkpoint, training_identity
+
+log = logging.getLogger(__name__)
+
+LAST = "last.ckpt"
+
+
+# --- Stopping -------------------------------------------------------------------------------
+
+
+class RunStopped(SystemExit):
+    """The run stopped on a signal, at a point it resumes from exactly. Exits with status
+    128 + the signal's number (a SystemExit: Hydra and submitit let it through, so a requeued
+    SLURM job leaves no result behind and its launcher waits for the next attempt)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def signal_number(name: str | int) -> signal.Signals:
+    """``USR2``, ``SIGUSR2`` or 12 -> signal.SIGUSR2, or a ValueError naming the setting."""
+    try:
+        if isinstance(name, int):
+            return signal.Signals(name)
+        return signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
+    except (KeyError, ValueError):
+        raise ValueError(
+            f"requeue_signal={name!r} is not a signal. Expected a name such as USR2 (the "
+            "default, what hydra/launcher=slurm asks SLURM to send before a time limit) or USR1."
+        ) from None
+
+
+class StopSignals:
+    """This process's handler for the signals that stop a run: it notes the first one (and
+    passes it on to worker processes that Lightning started, which note it in turn). Installed
+    by :func:`train` for the whole run, and again by :class:`StopAndResume` each time a trainer
+    starts, over the handlers Lightning registers then.
+
+    Args:
+        requeue_signal: the signal sent before a time limit or a preemption, on which a SLURM
+            job requeues itself after its checkpoint.
+    """
+
+    def __init__(self, requeue_signal: str | int = "USR2") -> None:
+        self.requeue_signal = signal_number(requeue_signal)
+        self.received: signal.Signals | None = None
+        self.children: Any = None  # a Lightning launcher with worker processes, if any
+        self._previous: dict[signal.Signals, Any] = {}
+
+    @property
+    def signals(self) -> tuple[signal.Signals, ...]:
+        return tuple(dict.fromkeys((self.requeue_signal, signal.SIGTERM)))
+
+    def install(self) -> None:
+        for signum in self.signals:
+            previous = signal.signal(signum, self.handle)
+            self._previous.setdefault(signum, previous)
+
+    def uninstall(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def __enter__(self) -> StopSignals:
+        self.install()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.uninstall()
+
+    def handle(self, signum: int, frame: Any) -> None:
+        # A signal handler: note, never save or exit here (the step may be half done).
+        if self.received is None:
+            self.received = signal.Signals(signum)
+            log.warning("Received %s: the run stops at the next point it can resume from "
+                        "exactly.", self.received.name)  # fmt: skip
+        kill = getattr(self.children, "kill", None)
+        if kill is not None:
+            kill(signum)
+
+    def __getstate__(self) -> dict:
+        # Sent to worker processes (ddp_spawn) with the callbacks: handlers stay in this one.
+        return {**self.__dict__, "children": None, "_previous": {}}
+
+
+class StopAndResume(Callback):
+    """Stops a run that received a stop signal at the next point where it resumes exactly (see
+    the module's docstring), writing ``last.ckpt`` there when it is not current, and requeues a
+    SLURM job on the requeue signal."""
+
+    def __init__(self, signals: StopSignals) -> None:
+        self.signals = signals
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.take_over_signals(trainer)
+        if trainer.fit_loop.restarted_mid_epoch:
+            recall_epoch_start_values(trainer)
+        if self.all_asked(trainer):
+            self.stop(trainer, "before training started; nothing trained since the checkpoint")
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.take_over_signals(trainer)
+
+    def take_over_signals(self, trainer: L.Trainer) -> None:
+        """Install the handler over the ones Lightning registered as the trainer started, taking
+        over a SIGTERM that Lightning's noted meanwhile (it would end the run at the next batch
+        with a SystemExit of status 0, and no checkpoint)."""
+        self.signals.install()
+        connector = trainer._signal_connector
+        if connector.received_sigterm:
+            connector.received_sigterm = False
+            self.signals.received = self.signals.received or signal.SIGTERM
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.all_asked(trainer) and last_checkpoint_is_current(trainer):
+            self.stop(trainer, f"at the start of epoch {trainer.current_epoch}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if batch_idx + 1 >= trainer.num_training_batches or not self.all_asked(trainer):
+            return
+        path = save_last_checkpoint(trainer)
+        self.stop(trainer, f"in epoch {trainer.current_epoch} after its batch {batch_idx + 1} "
+                           f"(step {trainer.global_step}), checkpointed to {path}")  # fmt: skip
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args) -> None:
+        if self.all_asked(trainer):
+            self.stop(trainer, "while testing; training had ended")
+
+    def all_asked(self, trainer: L.Trainer) -> bool:
+        """Whether any process received a stop signal: decided by all together, so that every
+        process stops at the same batch."""
+        asked = self.signals.received is not None
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            return trainer.strategy.reduce_boolean_decision(asked, all=False)
+        return asked
+
+    def stop(self, trainer: L.Trainer, where: str) -> None:
+        # A process that did not receive the signal itself stops on the others' decision.
+        received = self.signals.received or self.signals.requeue_signal
+        requeued = received == self.signals.requeue_signal and requeue_slurm_job(trainer)
+        raise RunStopped(stop_message(received, where, trainer.default_root_dir, requeued),
+                         received)  # fmt: skip
+
+
+def recall_epoch_start_values(trainer: L.Trainer) -> None:
+    """The values logged as an epoch starts (the learning rate), for an epoch resumed in its
+    middle, which does not start again: the final metrics hold them as the uninterrupted run's
+    do. The CSV log already has them (carried over)."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, LearningRateMonitor) and callback.logging_interval != "step":
+            interval = "epoch" if callback.logging_interval is None else "any"
+            callback._extract_stats(trainer, interval)  # sets trainer.callback_metrics
+
+
+def last_checkpoint_is_current(trainer: L.Trainer) -> bool:
+    """Whether ``last.ckpt`` holds the state as it is now: written after the last step."""
+    callback = trainer.checkpoint_callback
+    return bool(
+        callback is not None
+        and callback.last_model_path
+        and Path(callback.last_model_path).is_file()
+        and callback._last_global_step_saved == trainer.global_step
+    )
+
+
+def save_last_checkpoint(trainer: L.Trainer) -> str:
+    """Write ``last.ckpt`` as the checkpoint callback writes it (every process takes part)."""
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.save_last:
+        callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+        return callback.last_model_path
+    path = str(Path(trainer.default_root_dir) / "checkpoints" / LAST)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def requeue_slurm_job(trainer: L.Trainer) -> bool:
+    """Under SLURM, the first process asks SLURM to run the job again; True if it did (or is
+    another process of a job that does)."""
+    job = slurm_job_id()
+    if job is None:
+        return False
+    if trainer.is_global_zero:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+        if result.returncode != 0:
+            log.error("scontrol requeue %s failed: %s", job, result.stderr.strip())
+            return False
+        log.info("Requeued SLURM job %s.", job)
+    return True
+
+
+def slurm_job_id() -> str | None:
+    """The job to requeue (an array task as ARRAY_TASK), or None outside a SLURM batch job."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return None
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array is not None:
+        return f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ["SLURM_JOB_ID"]
+
+
+def stop_message(received: signal.Signals, where: str, run_dir: str | Path, requeued: bool) -> str:
+    """The one line a stopped run leaves."""
+    run_dir = Path(run_dir)
+    if requeued:
+        then = "SLURM requeued the job, which continues from its last.ckpt"
+    else:
+        then = (
+            f"to resume, run the same command with hydra.run.dir={run_dir} (or continue in a new "
+            f"directory with ckpt_path={run_dir / 'checkpoints' / LAST})"
+        )
+    return f"Stopped by {received.name} {where}; {then}."
+
+
+def exit_stopped(stop: RunStopped) -> None:
+    """How a stopped run ends: its line on standard error and in the log, then its status."""
+    log.error("%s", stop)
+    print(stop, file=sys.stderr, flush=True)
+
+
+# --- Resuming -------------------------------------------------------------------------------
+
+
+@dataclass
+class ResumePoint:
+    """Where a training run starts: ``ckpt_path`` (None: from scratch), the CSV rows the
+    interrupted run logged up to that checkpoint, and, if it was stopped while testing, the
+    metrics its training had ended with (a finished fit leaves nothing to log again)."""
+
+    ckpt_path: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    fit_metrics: dict[str, float] = field(default_factory=dict)
+
+
+FIT_METRICS = "fit_metrics.json"
+
+
+@rank_zero_only
+def save_fit_metrics(run_dir: str | Path, metrics: dict[str, float], global_step: int) -> None:
+    """What a run stopped while testing keeps of its training's final metrics, until the run
+    that tests again has written ``metrics.json``."""
+    record = {"global_step": global_step, "metrics": metrics}
+    with atomic_path(Path(run_dir) / FIT_METRICS) as partial:
+        partial.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def saved_fit_metrics(ckpt_path: str | Path) -> dict[str, float]:
+    """The training metrics saved beside ``ckpt_path``'s run when it stopped while testing, if
+    that checkpoint is the one training ended with."""
+    path = Path(ckpt_path).resolve().parent.parent / FIT_METRICS
+    if not path.is_file():
+        return {}
+    record = json.loads(path.read_text())
+    step = read_checkpoint(Path(ckpt_path), mmap=True)["global_step"]
+    return record["metrics"] if record.get("global_step") == step else {}
+
+
+def resume_point(cfg: DictConfig) -> ResumePoint:
+    """The checkpoint a training run continues from: ``ckpt_path``, else the run directory's own
+    ``last.ckpt`` (a requeued job, or the same command with the same run directory). Refuses a
+    directory whose run has finished, and a checkpoint of another kind of run."""
+    if not cfg.get("train"):
+        return ResumePoint()
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is None:
+        own = output_dir / "checkpoints" / LAST
+        if not own.is_file():
+            return ResumePoint()
+        if (output_dir / "metrics.json").is_file():
+            raise FileExistsError(
+                f"{output_dir} holds a finished run (metrics.json): its results stay as they are. "
+                "Choose another hydra.run.dir, or pass ckpt_path=... to train on from its "
+                "checkpoint into a new directory."
+            )
+        ckpt_path = str(own)
+        log.info("%s already holds %s: continuing that run (requeued, or the same command "
+                 "again).", output_dir, own.relative_to(output_dir))  # fmt: skip
+    check_resumable(cfg, ckpt_path)
+    log.info("Resuming from %s", ckpt_path)
+    return ResumePoint(str(ckpt_path), csv_history(ckpt_path), saved_fit_metrics(ckpt_path))
+
+
+def check_resumable(cfg: DictConfig, ckpt_path: str | Path) -> None:
+    """Resuming continues the same training: the checkpoint must be of this run's task and
+    model. A checkpoint of another task (S4 weights resumed on MS3) would otherwise continue
+    silently on the wrong data, and one of another model size fail in a wall of shape errors."""
+    saved = checkpoint_config(ckpt_path)
+    wanted, found = training_identity(cfg), training_identity(saved)
+    differences = [
+        f"{key}: {found.get(key)!r} in the checkpoint, {value!r} in this run"
+        for key, value in wanted.items()
+        if value is not None and found.get(key) != value  # None: filled in when the run is built
+    ]
+    if differences:
+        shown = "; ".join(differences[:4]) + ("; ..." if len(differences) > 4 else "")
+        raise ValueError(
+            f"ckpt_path={ckpt_path} was written by another kind of run than this one ({shown}). "
+            "Resume with the run's own settings (they are in the checkpoint's config.yaml, "
+            "beside checkpoints/), or leave ckpt_path out to start a new run."
+        )
+
+
+def csv_history(ckpt_path: str | Path) -> list[dict[str, float]]:
+    """The rows of ``csv/metrics.csv`` that the run which wrote ``ckpt_path`` logged up to that
+    checkpoint's epoch; read before a resumed run's CSV logger starts (which deletes the file
+    when the run resumes in its own directory). Rows of later epochs are left out: the resumed
+    run trains them again. A run stopped on a signal logs nothing after its checkpoint."""
+    ckpt_path = Path(ckpt_path)
+    table = ckpt_path.resolve().parent.parent / "csv" / "metrics.csv"
+    if not table.is_file():
+        return []
+    checkpoint = read_checkpoint(ckpt_path, mmap=True)
+    epoch, step = checkpoint["epoch"], checkpoint["global_step"]
+    with table.open(newline="") as file:
+        rows = [
+            {key: float(value) for key, value in row.items() if value not in ("", None)}
+            for row in csv.DictReader(file)
+        ]
+
+    # Rows without an epoch (the learning rate, logged as an epoch starts) go by their step.
+    def before_the_checkpoint(row: dict[str, float]) -> bool:
+        return row["epoch"] <= epoch if "epoch" in row else row["step"] < step
+
+    return [row for row in rows if before_the_checkpoint(row)]
+
+
+def carry_csv_history(trainer: L.Trainer, rows: list[dict[str, float]]) -> None:
+    """Write ``rows`` first into the CSV logger's ``metrics.csv``, so that a resumed run's file
+    holds the whole history, as the uninterrupted run's would."""
+    for logger in trainer.loggers:
+        if isinstance(logger, CSVLogger) and rows:
+            for row in rows:
+                metrics = {
+                    k: (int(v) if k == "epoch" else v) for k, v in row.items() if k != "step"
+                }
+                logger.experiment.log_metrics(metrics, step=int(row["step"]))
+            logger.experiment.save()
+            log.info("Carried %d rows of the resumed run's metrics.csv into %s", len(rows),
+                     logger.experiment.metrics_file_path)  # fmt: skip
+
+
+def continue_interrupted_epoch(trainer: L.Trainer | None, sampler) -> None:
+    """Start a training ``sampler`` where a resumed run's training stands.
+
+    Lightning asks for the loader after restoring its loops from the checkpoint and draws the
+    first batch before it sets the sampler's epoch, so the epoch is set here; a checkpoint
+    written mid-epoch continues that epoch with the batches it had not trained on.
+    """
+    if trainer is None or not trainer.ckpt_path:
+        return
+    epochs = trainer.fit_loop.epoch_progress
+    sampler.set_epoch(epochs.current.processed)
+    # processed, not completed: a checkpoint written at a batch's end holds its step.
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    batches = limited_batches(len(sampler.rank_batches()), trainer.limit_train_batches)
+    mid_epoch = epochs.total.started == epochs.total.processed + 1 and 0 < done < batches
+    if not mid_epoch:
+        return
+    # The loader draws its first batch in the interrupted epoch, which Lightning continues.
+    sampler.skip_batches(done)
+    # Lightning warns that such a resume is "unreliable" for loaders that start the epoch
+    # again; this one does not.
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended")
+    log.info(
+        "Resuming from %s, written in the middle of epoch %d after %d of its %d batches: the "
+        "epoch continues with the batches it had not trained on, as the interrupted run would "
+        "have, its training metrics' sums restored.",
+        trainer.ckpt_path, epochs.current.processed, done, batches,
+    )  # fmt: skip
+
+
+def limited_batches(batches: int, limit: int | float | None) -> int:
+    """The batches an epoch trains on under ``trainer.limit_train_batches``, as Lightning
+    counts them."""
+    if limit is None:
+        return batches
+    return min(batches, limit) if isinstance(limit, int) else int(batches * limit)

@@ -1,0 +1,139 @@
+"""Stopping on a signal and resuming (avsac_lit/resume.py), on one machine: wherever the signal
+lands, the run stops where it resumes exactly, and running the same command again in the same
+directory ends with the metrics of the run that was never stopped. The same against a live
+SLURM scheduler: tests/test_slurm.py."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from avsac_lit.resume import RunStopped, StopSignals
+from avsac_lit.train import train
+from tests.helpers import TINY_RUN, tiny_run
+
+# Two epochs of 6 one-clip batches, dropout on (a lost random state would show), a CSV log.
+RUN = [
+    "trainer.max_epochs=2", "data.train_batch_size=1", "model.net.dropout=0.1", "logger=csv",
+    "~callbacks.overlays",
+]  # fmt: skip
+
+
+def signal_at(step: int, name: str = "SIGUSR2") -> list[str]:
+    return [
+        "+callbacks.signal_at._target_=tests.helpers.SignalAt",
+        f"+callbacks.signal_at.step={step}",
+        f"+callbacks.signal_at.signal={name}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synth_trees, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    train(tiny_run("ms3", synth_trees["ms3"], run_dir, RUN))
+    return run_dir
+
+
+def record(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def csv_rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "csv" / "metrics.csv").open() as file:
+        return list(csv.DictReader(file))
+
+
+def stop_then_continue(tree: Path, run_dir: Path, step: int) -> RunStopped:
+    """Stop a run with the requeue signal after training step ``step`` (-1: in its test), then
+    run the same command again in the same directory."""
+    with pytest.raises(RunStopped) as stopped:
+        train(tiny_run("ms3", tree, run_dir, [*RUN, *signal_at(step)]))
+    assert not (run_dir / "metrics.json").exists()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if "partial" in p.name) == []
+    train(tiny_run("ms3", tree, run_dir, RUN))
+    return stopped.value
+
+
+def assert_same_run(run_dir: Path, uninterrupted: Path) -> None:
+    assert record(run_dir)["metrics"] == record(uninterrupted)["metrics"]
+    assert csv_rows(run_dir) == csv_rows(uninterrupted)
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names == sorted(p.name for p in (uninterrupted / "checkpoints").iterdir())
+    assert not list(run_dir.glob("hpc_ckpt*")) and not any("-v" in name for name in names)
+
+
+def test_a_stop_mid_epoch_checkpoints_there_and_the_same_command_ends_as_if_never_stopped(
+    synth_trees, uninterrupted, tmp_path
+):
+    """Step 8 is the 2nd of epoch 1's 6 batches: last.ckpt is written there, with the random
+    state and the epoch's training-metric sums; the second run continues that epoch."""
+    run_dir = tmp_path / "run"
+    stopped = stop_then_continue(synth_trees["ms3"], run_dir, step=8)
+    assert stopped.code == 128 + signal.SIGUSR2
+    assert str(stopped).startswith("Stopped by SIGUSR2 in epoch 1 after its batch 2 (step 8)")
+    assert f"hydra.run.dir={run_dir}" in str(stopped)
+    assert record(run_dir)["resumed_from"] == str(run_dir / "checkpoints" / "last.ckpt")
+    assert_same_run(run_dir, uninterrupted)
+    # A finished run is never run again over its results.
+    with pytest.raises(FileExistsError, match="holds a finished run"):
+        train(tiny_run("ms3", synth_trees["ms3"], run_dir, RUN))
+
+
+def test_a_stop_on_an_epochs_last_batch_waits_for_its_validation(
+    synth_trees, uninterrupted, tmp_path
+):
+    """Step 6 ends epoch 0. A checkpoint before its validation would make the resumed run skip
+    it, so the run validates, writes last.ckpt, and stops as epoch 1 starts."""
+    run_dir = tmp_path / "run"
+    stopped = stop_then_continue(synth_trees["ms3"], run_dir, step=6)
+    assert str(stopped).startswith("Stopped by SIGUSR2 at the start of epoch 1")
+    assert_same_run(run_dir, uninterrupted)
+
+
+def test_a_stop_while_testing_tests_again_on_the_next_run(synth_trees, uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    stopped = stop_then_continue(synth_trees["ms3"], run_dir, step=-1)
+    assert "while testing" in str(stopped)
+    assert_same_run(run_dir, uninterrupted)
+
+
+def test_sigterm_ends_a_run_non_zero_with_one_line_and_its_checkpoint(synth_trees, tmp_path):
+    """What scancel, a node drain or kill sends: the run checkpoints where it stands, says so in
+    one line on standard error (no traceback) and exits with 128 + 15."""
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "avsac_lit.train", "+experiment=synthetic_ms3",
+        f"data.root={synth_trees['ms3']}", *TINY_RUN, *RUN, *signal_at(8, "SIGTERM"),
+        f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Stopped by")]
+    assert len(lines) == 1 and "checkpointed to" in lines[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
+    assert saved["global_step"] == 8
+    assert not (run_dir / "metrics.json").exists()
+
+
+def test_the_handler_only_notes_the_signal_and_gives_the_previous_ones_back():
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGUSR2, signal.SIGTERM)}
+    with StopSignals("USR2") as signals:
+        os.kill(os.getpid(), signal.SIGUSR2)  # handled at once, in this (the main) thread
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert signals.received == signal.SIGUSR2  # the first one counts
+    assert {signum: signal.getsignal(signum) for signum in before} == before
+
+
+def test_an_unknown_requeue_signal_is_named(synth_trees, tmp_path):
+    with pytest.raises(ValueError, match=r"requeue_signal='USR9' is not a signal"):
+        train(tiny_run("ms3", synth_trees["ms3"], tmp_path, ["requeue_signal=USR9"]))
