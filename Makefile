@@ -26,6 +26,11 @@ test: install ## Run the default test suite (no slow tests)
 test-full: install ## Run every test, slow ones included
 	$(PY) -m pytest
 
+slurm-check: install ## Start a two-node SLURM cluster on this machine (root), run the slurm tests against it, stop it
+	bash .ci/slurm/cluster start
+	eval "$$(bash .ci/slurm/cluster env)" && $(PY) -m pytest -m slurm -p no:cacheprovider; \
+	status=$$?; bash .ci/slurm/cluster stop; exit $$status
+
 wheel-check: ## Build the wheel, install it in a fresh venv, run train, eval and predict from elsewhere
 	bash .ci/wheel_check
 
@@ -41,4 +46,4 @@ clean: ## Remove caches and build files (keeps .venv and data)
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install demo test test-full wheel-check lint format clean
+.PHONY: help install demo test test-full slurm-check wheel-check lint format clean

@@ -137,3 +137,16 @@ def test_the_handler_only_notes_the_signal_and_gives_the_previous_ones_back():
 def test_an_unknown_requeue_signal_is_named(synth_trees, tmp_path):
     with pytest.raises(ValueError, match=r"requeue_signal='USR9' is not a signal"):
         train(tiny_run("ms3", synth_trees["ms3"], tmp_path, ["requeue_signal=USR9"]))
+
+
+@pytest.mark.slow
+def test_a_float64_run_resumes_in_float64(synth_trees, tmp_path):
+    """Under trainer.precision=64-true the checkpoint's weights are loaded into a float64 module
+    (Lightning converts it only after loading them, which rounded them through float32). Slow:
+    the two-node SLURM test (make slurm-check) checks the same in float64 after two stops."""
+    run = [*RUN, "trainer.precision=64-true", "test=false"]
+    whole, run_dir = tmp_path / "whole", tmp_path / "run"
+    expected = train(tiny_run("ms3", synth_trees["ms3"], whole, run))
+    with pytest.raises(RunStopped):
+        train(tiny_run("ms3", synth_trees["ms3"], run_dir, [*run, *signal_at(8)]))
+    assert train(tiny_run("ms3", synth_trees["ms3"], run_dir, run)) == expected

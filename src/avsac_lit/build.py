@@ -140,6 +140,9 @@ def build_run(
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=built_callbacks, logger=loggers, **cluster_settings(cfg.trainer)
     )
+    # In the trainer's dtype now, not when fitting starts: a resumed checkpoint's weights are
+    # loaded before that, and under 64-true a float32 module would round them.
+    module = trainer.precision_plugin.convert_module(module)
     log_hyperparameters(cfg, module, trainer)
     return datamodule, module, trainer
 

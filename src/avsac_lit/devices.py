@@ -53,3 +53,20 @@ def claim_gpu(pool: str | Path, gpus: int) -> str:
         f"All {gpus} GPUs of the pool {pool} are held by other jobs: more jobs run at once than "
         "there are GPUs. Keep hydra.launcher.n_jobs at gpus (hydra/launcher=local_gpus does)."
     )
+
+
+def use_allocated_cpus() -> int | None:
+    """In a SLURM job, run torch on the CPUs SLURM allocated to the task (``--cpus-per-task``)
+    rather than on every core of the node: os.cpu_count() sees them all, and several tasks
+    sharing a node would each start that many threads. ``OMP_NUM_THREADS``, if set, wins; it is
+    set here otherwise, so that Lightning, which sets the threads when a distributed run starts
+    unless it is set, keeps this count. Returns the count, or None outside a SLURM job."""
+    allocated = os.environ.get("SLURM_CPUS_PER_TASK")
+    if allocated is None or "OMP_NUM_THREADS" in os.environ:
+        return None
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = allocated
+    torch.set_num_threads(int(allocated))
+    log.info("Using the %s CPU(s) SLURM allocated to this task.", allocated)
+    return int(allocated)

@@ -274,13 +274,17 @@ def stop_message(received: signal.Signals, where: str, run_dir: str | Path, requ
     """The one line a stopped run leaves."""
     run_dir = Path(run_dir)
     if requeued:
-        then = "SLURM requeued the job, which continues from its last.ckpt"
+        return (f"Stopped by {received.name} {where}; SLURM requeued the job, which continues "
+                "from its last.ckpt.")  # fmt: skip
+    resume = (
+        f"run the same command with hydra.run.dir={run_dir} (or continue in a new directory "
+        f"with ckpt_path={run_dir / 'checkpoints' / LAST})"
+    )
+    if slurm_job_id() is not None:
+        resume = f"if SLURM requeues the job, it continues from its last.ckpt; if not, {resume}"
     else:
-        then = (
-            f"to resume, run the same command with hydra.run.dir={run_dir} (or continue in a new "
-            f"directory with ckpt_path={run_dir / 'checkpoints' / LAST})"
-        )
-    return f"Stopped by {received.name} {where}; {then}."
+        resume = f"to resume, {resume}"
+    return f"Stopped by {received.name} {where}; {resume}."
 
 
 def exit_stopped(stop: RunStopped) -> None:

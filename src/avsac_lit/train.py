@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from avsac_lit.build import CONFIG_PATH, build_run
 from avsac_lit.cli import apply_extras, task_wrapper
 from avsac_lit.counterfactual import audio_conditions, report_listening, test_conditions
-from avsac_lit.devices import claim_gpu
+from avsac_lit.devices import claim_gpu, use_allocated_cpus
 from avsac_lit.resume import (
     FIT_METRICS,
     RunStopped,
@@ -50,6 +50,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     clock = Stopwatch()
     if cfg.get("gpus") and in_a_multirun():  # before anything touches CUDA
         claim_gpu(Path(HydraConfig.get().sweep.dir) / ".gpus", int(cfg.gpus))
+    use_allocated_cpus()
     facts = run_facts(cfg)  # before the run: the code version is the one that runs
     conditions = audio_conditions(cfg)
     # Stop signals are noted from here on, and acted on where the run resumes exactly.
