@@ -71,7 +71,7 @@ def assert_same_run(run_dir: Path, uninterrupted: Path) -> None:
 
 
 def test_a_stop_mid_epoch_checkpoints_there_and_the_same_command_ends_as_if_never_stopped(
-    synth_trees, uninterrupted, tmp_path
+    synth_trees, uninterrupted, tmp_path, monkeypatch
 ):
     """Step 8 is the 2nd of epoch 1's 6 batches: last.ckpt is written there, with the random
     state and the epoch's training-metric sums; the second run continues that epoch."""
@@ -82,9 +82,15 @@ def test_a_stop_mid_epoch_checkpoints_there_and_the_same_command_ends_as_if_neve
     assert f"hydra.run.dir={run_dir}" in str(stopped)
     assert record(run_dir)["resumed_from"] == str(run_dir / "checkpoints" / "last.ckpt")
     assert_same_run(run_dir, uninterrupted)
-    # A finished run is never run again over its results.
+    # A finished run is never run again over its results; as a job of a multirun submitted
+    # again into its sweep directory, it keeps them and the multirun goes on.
     with pytest.raises(FileExistsError, match="holds a finished run"):
         train(tiny_run("ms3", synth_trees["ms3"], run_dir, RUN))
+    written = (run_dir / "metrics.json").stat().st_mtime_ns
+    monkeypatch.setattr("avsac_lit.train.in_a_multirun", lambda: True)
+    kept = train(tiny_run("ms3", synth_trees["ms3"], run_dir, RUN))
+    assert kept == record(uninterrupted)["metrics"]
+    assert (run_dir / "metrics.json").stat().st_mtime_ns == written
 
 
 def test_a_stop_on_an_epochs_last_batch_waits_for_its_validation(

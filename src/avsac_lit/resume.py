@@ -59,6 +59,8 @@ from typing import Any
 
 import lightning as L
 import torch.distributed as dist
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -276,15 +278,23 @@ def stop_message(received: signal.Signals, where: str, run_dir: str | Path, requ
     if requeued:
         return (f"Stopped by {received.name} {where}; SLURM requeued the job, which continues "
                 "from its last.ckpt.")  # fmt: skip
-    resume = (
-        f"run the same command with hydra.run.dir={run_dir} (or continue in a new directory "
-        f"with ckpt_path={run_dir / 'checkpoints' / LAST})"
-    )
+    last = run_dir / "checkpoints" / LAST
+    resume = f"{rerun_hint(run_dir)} (or continue in a new directory with ckpt_path={last})"
     if slurm_job_id() is not None:
         resume = f"if SLURM requeues the job, it continues from its last.ckpt; if not, {resume}"
     else:
         resume = f"to resume, {resume}"
     return f"Stopped by {received.name} {where}; {resume}."
+
+
+def rerun_hint(run_dir: Path) -> str:
+    """How to run a stopped run again in its directory: a multirun's job by submitting the
+    multirun again into its sweep directory (its finished jobs are kept as they are)."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        sweep = HydraConfig.get().sweep.dir
+        return (f"run the same multirun with hydra.sweep.dir={sweep} (its finished jobs keep "
+                "their results)")  # fmt: skip
+    return f"run the same command with hydra.run.dir={run_dir}"
 
 
 def exit_stopped(stop: RunStopped) -> None:
@@ -294,6 +304,11 @@ def exit_stopped(stop: RunStopped) -> None:
 
 
 # --- Resuming -------------------------------------------------------------------------------
+
+
+class RunFinished(FileExistsError):
+    """The run directory holds a finished run: it is not run again (a multirun submitted again
+    into its sweep directory keeps its finished jobs' results and runs the others)."""
 
 
 @dataclass
@@ -343,7 +358,7 @@ def resume_point(cfg: DictConfig) -> ResumePoint:
         if not own.is_file():
             return ResumePoint()
         if (output_dir / "metrics.json").is_file():
-            raise FileExistsError(
+            raise RunFinished(
                 f"{output_dir} holds a finished run (metrics.json): its results stay as they are. "
                 "Choose another hydra.run.dir, or pass ckpt_path=... to train on from its "
                 "checkpoint into a new directory."

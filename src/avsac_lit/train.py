@@ -15,6 +15,7 @@ config as run), ``checkpoints/`` (best by val mIoU, and last), the loggers' file
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ from avsac_lit.counterfactual import audio_conditions, report_listening, test_co
 from avsac_lit.devices import claim_gpu, use_allocated_cpus
 from avsac_lit.resume import (
     FIT_METRICS,
+    RunFinished,
     RunStopped,
     StopAndResume,
     StopSignals,
@@ -55,7 +57,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     conditions = audio_conditions(cfg)
     # Stop signals are noted from here on, and acted on where the run resumes exactly.
     with StopSignals(cfg.get("requeue_signal", "USR2")) as signals:
-        start = resume_point(cfg)
+        try:
+            start = resume_point(cfg)
+        except RunFinished:
+            if not in_a_multirun():
+                raise
+            # A multirun submitted again into its sweep directory: this job had finished.
+            output = Path(cfg.paths.output_dir)
+            log.info("%s holds this job's finished run: its results are kept.", output)
+            return json.loads((output / "metrics.json").read_text())["metrics"]
         datamodule, module, trainer = build_run(
             cfg, callbacks=cfg.get("callbacks"), extra_callbacks=[StopAndResume(signals)]
         )
