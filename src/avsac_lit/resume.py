@@ -297,6 +297,18 @@ def rerun_hint(run_dir: Path) -> str:
     return f"run the same command with hydra.run.dir={run_dir}"
 
 
+def stopped_worker(error: BaseException) -> signal.Signals | None:
+    """The signal a worker process (ddp_spawn) stopped on, read from its exit status
+    (128 + the signal's number, see :class:`RunStopped`); None for any other failure."""
+    code = getattr(error, "exit_code", None)
+    if not isinstance(code, int) or code <= 128:
+        return None
+    try:
+        return signal.Signals(code - 128)
+    except ValueError:
+        return None
+
+
 def exit_stopped(stop: RunStopped) -> None:
     """How a stopped run ends: its line on standard error and in the log, then its status."""
     log.error("%s", stop)

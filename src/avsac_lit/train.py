@@ -39,6 +39,7 @@ from avsac_lit.resume import (
     resume_point,
     save_fit_metrics,
     stop_message,
+    stopped_worker,
 )
 from avsac_lit.run_record import Stopwatch, process_facts, run_facts, scalar_metrics, write_metrics
 
@@ -76,12 +77,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         except RunStopped:
             raise
         except BaseException as error:
-            # A worker process (ddp_spawn) that stopped on the signal ends the main one here.
-            if signals.received is None:
+            # Worker processes (ddp_spawn) that stopped on a signal end the main one here.
+            received = signals.received or stopped_worker(error)
+            if received is None:
                 raise
             where = "in the training processes"
-            message = stop_message(signals.received, where, cfg.paths.output_dir, requeued=False)
-            raise RunStopped(message, signals.received) from error
+            message = stop_message(received, where, cfg.paths.output_dir, requeued=False)
+            raise RunStopped(message, received) from error
 
     # Logged by the module, so that it also reaches ddp_spawn's main process, whose fit loop
     # never ran an epoch.
