@@ -174,15 +174,19 @@ def test_a_float64_run_resumes_in_float64(synth_trees, tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_sim_workers_stop_together_and_the_run_continues_exactly(synth_trees, tmp_path):
+def test_ddp_sim_workers_stop_together_and_the_run_continues_exactly(tmp_path):
     """Under ddp_spawn the training processes are workers: they stop at the same step, and the
     main process ends with their signal's status. Slow: the two-node SLURM test stops and
     resumes a two-process run too."""
-    run = [*RUN, "trainer=ddp_sim", "test=false"]
+    from avsac_lit.data.synthetic import generate
+
+    tree = tmp_path / "data"  # 20 clips: each process needs validation batches
+    generate(task="ms3", out=tree, videos=20, seed=3, size=64)
+    run = [*RUN, "trainer=ddp_sim", "test=false", "++data.synthetic={videos:20,seed:3,size:64}"]
     whole, run_dir = tmp_path / "whole", tmp_path / "run"
-    expected = train(tiny_run("ms3", synth_trees["ms3"], whole, run))
+    expected = train(tiny_run("ms3", tree, whole, run))
     with pytest.raises(RunStopped) as stopped:
-        train(tiny_run("ms3", synth_trees["ms3"], run_dir, [*run, *signal_at(2)]))
+        train(tiny_run("ms3", tree, run_dir, [*run, *signal_at(9)]))
     assert stopped.value.code == 128 + signal.SIGUSR2
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
-    assert train(tiny_run("ms3", synth_trees["ms3"], run_dir, run)) == expected
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 9
+    assert train(tiny_run("ms3", tree, run_dir, run)) == expected
