@@ -208,9 +208,12 @@ def test_one_run_over_two_nodes_equals_ddp_sim_and_one_process_after_two_stops(
     processes."""
     common = [
         f"data.root={twenty_clips}", "+experiment=synthetic_ms3", *TINY_RUN,
-        "++data.synthetic={videos:20,seed:3,size:64}", "trainer.max_epochs=3",
+        "++data.synthetic={videos:20,seed:3,size:64}", "trainer.max_epochs=2",
         "model.net.dropout=0.0", "trainer.precision=64-true", "test_audio=[matched]",
         "+callbacks.first_step._target_=avsac_lit.callbacks.FirstStepRecorder",
+        # The cache back on (it saves a fifth of the test's time): the local runs, one after
+        # the other, fill it before the job starts, so every run reads the same entries.
+        "model.feature_cache.enabled=true",
     ]  # fmt: skip
     local = {}
     for name, trainer, batch in (("ddp_sim", "ddp_sim", 2), ("cpu", "cpu", 4)):
@@ -227,10 +230,9 @@ def test_one_run_over_two_nodes_equals_ddp_sim_and_one_process_after_two_stops(
     wait_for(lambda: checkpoint_step(run_dir) >= 3, "the first epoch's checkpoint")
     (job_id,) = job_ids(sweep)
     slurm_command(slurm, "scancel", "--signal=USR2", job_id)
-    wait_for(lambda: log_count(run_dir, "Stopped by SIGUSR2"), "the preempted job's stop")
-    stopped_at = checkpoint_step(run_dir)
-    # Once the requeued job has trained on: SIGTERM stops it where it stands.
-    wait_for(lambda: checkpoint_step(run_dir) >= 8 > stopped_at, "the requeued job's epoch")
+    # As soon as both processes of the requeued job continue the run (their handlers are in
+    # place): SIGTERM stops them as training starts, within KillWait.
+    wait_for(lambda: log_count(run_dir, "continuing that run") >= 2, "the requeued job (2 ranks)")
     slurm_command(slurm, "scontrol", "requeue", job_id)
     finish(job, sweep)
     remote = record(run_dir)
