@@ -58,7 +58,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
@@ -202,10 +201,9 @@ class StopAndResume(Callback):
     def all_asked(self, trainer: L.Trainer) -> bool:
         """Whether any process received a stop signal: decided by all together, so that every
         process stops at the same batch."""
-        asked = self.signals.received is not None
-        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-            return trainer.strategy.reduce_boolean_decision(asked, all=False)
-        return asked
+        return trainer.strategy.reduce_boolean_decision(
+            self.signals.received is not None, all=False
+        )
 
     def stop(self, trainer: L.Trainer, where: str) -> None:
         # A process that did not receive the signal itself stops on the others' decision.
