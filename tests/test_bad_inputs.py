@@ -56,6 +56,7 @@ def test_a_non_finite_loss_stops_training_naming_the_clips(synth_trees, tmp_path
     message = str(raised.value)
     assert "epoch 1, step 2" in message and "training loss is not finite" in message
     assert all(name in message for name in steps[2])  # the clips of the bad batch, by name
+    assert f"the last good state is {tmp_path / 'checkpoints' / 'last.ckpt'}" in message
     # The checkpoints of epoch 0 are the last good state, and nothing later was written.
     written = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
     assert written == ["epoch_000.ckpt", "last.ckpt"]
@@ -77,9 +78,11 @@ def test_a_non_finite_gradient_of_a_finite_loss_stops_training(synth_trees, tmp_
     cfg = tiny_run("ms3", synth_trees["ms3"], tmp_path, ["trainer.max_epochs=1", "test=false"])
     with pytest.raises(
         NonFiniteError, match=r"epoch 0, step 0: the gradient of net\..* not finite"
-    ):
+    ) as raised:
         train(cfg)
     assert not list((tmp_path / "checkpoints").glob("*.ckpt"))
+    # It used to say "the last checkpoint is the last good state" with none written.
+    assert "no checkpoint had been written yet" in str(raised.value)
 
 
 def test_a_checkpoint_with_non_finite_weights_is_never_written(trained_runs):
@@ -243,3 +246,108 @@ def test_data_check_fails_on_a_grey_mask_naming_it(synth_copy, capsys):
     output = capsys.readouterr().out.replace("\n", "")
     assert code == 2 and "Check failed" in output and mask_path.name in output
     assert "Every item matches" not in output
+
+
+def _first_val_frame(root):
+    """The first frame of the MS3 validation split, the dataset and its clip's index."""
+    dataset = build_dataset("ms3", root, "val", img_size=32)
+    index = 0
+    return dataset.frame_paths(dataset.clips[index])[0], dataset, index
+
+
+def test_a_16_bit_grey_frame_loads_at_its_true_brightness(synth_copy):
+    from PIL import Image
+
+    root = synth_copy("ms3")
+    frame_path, dataset, index = _first_val_frame(root)
+    with Image.open(frame_path) as frame:
+        grey = np.asarray(frame.convert("L"))  # an RGB frame made 8-bit greyscale ...
+    Image.fromarray(grey).save(frame_path)
+    as_8_bit = dataset[index]["frames"][0]
+    sixteen = grey.astype(np.uint16) * 257  # ... then 16-bit: 255 -> 65535
+    for image in (
+        Image.fromarray(sixteen),  # little-endian "I;16", as PIL reads 16-bit grey PNGs
+        Image.frombytes("I;16B", sixteen.shape[::-1], sixteen.astype(">u2").tobytes()),
+    ):
+        image.save(frame_path)
+        with Image.open(frame_path) as saved:
+            assert saved.mode.startswith("I;16")
+        assert torch.equal(dataset[index]["frames"][0], as_8_bit), image.mode
+    # Mode "I" (32-bit integers, as older PIL reads 16-bit PNGs) holding the 16-bit values.
+    Image.fromarray(sixteen.astype(np.int32)).save(frame_path, format="TIFF")
+    with Image.open(frame_path) as saved:
+        assert saved.mode == "I"
+    assert torch.equal(dataset[index]["frames"][0], as_8_bit)
+
+
+def test_a_frame_beyond_the_16_bit_range_is_refused_naming_it(tmp_path):
+    from PIL import Image
+
+    from avsac_lit.data.io import load_frame
+
+    path = tmp_path / "frame.png"
+    Image.fromarray(np.array([[0, 70000]], dtype=np.int32)).save(path, format="TIFF")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))} .*70000.*0 to 65535"):
+        load_frame(path, 8)
+
+
+def test_16_bit_masks_are_read_as_binary_and_grey_ones_refused(synth_copy):
+    from PIL import Image
+
+    root = synth_copy("ms3")
+    mask_path = sorted(root.rglob("gt_masks/val/**/*.png"))[0]
+    dataset = build_dataset("ms3", root, "val", img_size=32)
+    index = _clip_index(dataset, mask_path.parent.name)
+    as_0_255 = dataset[index]["masks"]
+    assert as_0_255.max() == 1
+    with Image.open(mask_path) as mask:
+        foreground = np.asarray(mask.convert("L")) > 0
+    for value in (65535, 1, 255):  # 0/65535, 0/1 and 0/255 stored in 16 bits
+        Image.fromarray(foreground.astype(np.uint16) * value).save(mask_path)
+        assert torch.equal(dataset[index]["masks"], as_0_255), value
+    grey = foreground.astype(np.uint16) * 65535
+    grey[0, :2] = (1000, 30000)  # soft edges, which clipping to 8 bits would make 255
+    Image.fromarray(grey).save(mask_path)
+    with pytest.raises(ValueError, match=rf"Mask {re.escape(str(mask_path))} is not binary"):
+        dataset[index]
+
+
+def test_an_avss_label_saved_as_16_bit_class_ids_is_refused_naming_it(synth_copy):
+    from PIL import Image
+
+    from avsac_lit.data.io import voc_palette
+
+    root = synth_copy("avss")
+    label_path = sorted(root.rglob("labels_rgb/0.png"))[0]
+    with Image.open(label_path) as label:
+        rgb = np.asarray(label.convert("RGB"))
+    class_ids = np.zeros(rgb.shape[:2], dtype=np.uint16)
+    for index, colour in enumerate(voc_palette(71)):
+        class_ids[(rgb == colour).all(axis=-1)] = index
+    Image.fromarray(class_ids).save(label_path)  # scaled to 8 bits, every id would read as 0
+    uid = label_path.parent.parent.name
+    split = next(s for s in ("train", "val", "test") if uid in _uids(root, s))
+    dataset = build_dataset("avss", root, split, img_size=32)
+    with pytest.raises(ValueError, match=rf"Label {re.escape(str(label_path))}: .*class ids"):
+        dataset[_clip_index(dataset, uid)]
+
+
+@pytest.mark.parametrize("content", ["no bytes", "a header and no samples"])
+def test_an_empty_wav_is_refused_naming_it_and_the_fix(synth_copy, content):
+    import soundfile
+
+    root = synth_copy("avss")  # AVSS reads its audio from the wavs
+    wav_path = sorted(root.rglob("audio.wav"))[0]
+    if content == "no bytes":
+        wav_path.write_bytes(b"")
+    else:
+        soundfile.write(wav_path, np.zeros(0, dtype=np.int16), 16000, subtype="PCM_16")
+        assert wav_path.stat().st_size > 0
+    uid = wav_path.parent.name
+    split = next(s for s in ("train", "val", "test") if uid in _uids(root, s))
+    dataset = build_dataset("avss", root, split, img_size=32)
+    with pytest.raises(ValueError) as raised:
+        dataset[_clip_index(dataset, uid)]
+    message = str(raised.value)
+    assert f"Audio file {wav_path} " in message and "no audio samples" in message
+    assert "0.975 s" in message and "ffmpeg" in message

@@ -4,7 +4,6 @@ optimiser), and the validation overlays."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -180,7 +179,7 @@ def test_a_checkpoint_write_that_fails_leaves_the_previous_file_and_no_temp_file
     original_save = torch.save
 
     def killed_midway(obj, f, *args, **kwargs):
-        Path(f).write_bytes(b"half a checkpoint")
+        f.write(b"half a checkpoint")  # the writer hands torch an open file
         raise KeyboardInterrupt  # what a kill looks like from inside
 
     monkeypatch.setattr(torch, "save", killed_midway)

@@ -229,7 +229,7 @@ def test_a_cached_run_scores_as_a_run_without_the_cache(synth_trees, tmp_path, m
     # The train and validation clips' frames, once each (the test split is not cached).
     stored = len(list(stores["visual"].glob("*.npy")))
     assert 0 < stored < frames
-    assert json.loads((stores["visual"] / "levels.json").read_text())[0][0] == 16
+    assert json.loads((stores["visual"] / "layout.json").read_text())[0][0] == 16
 
 
 @pytest.mark.parametrize("model", ["avsegformer", "avsac"])

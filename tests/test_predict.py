@@ -15,10 +15,19 @@ import pytest
 import torch
 from PIL import Image
 
-from avsac_lit.checkpoint import load_trained
+from avsac_lit.checkpoint import TrainedModel, load_trained
 from avsac_lit.data.audio import read_wav
 from avsac_lit.export import export
-from avsac_lit.predict import VideoError, VideoReader, predict, window_examples, windows
+from avsac_lit.predict import (
+    NonFiniteError,
+    OutputInUseError,
+    VideoError,
+    VideoReader,
+    predict,
+    window_examples,
+    windows,
+    write_predictions,
+)
 
 FPS = 8
 RATE = 22050  # not 16 kHz, so predict has to resample
@@ -236,6 +245,12 @@ def test_cli(checkpoint, seven_seconds, tmp_path):
     subprocess.run(command, check=True, capture_output=True, timeout=300)
     assert (out / "overlay.mp4").is_file() and (out / "predictions.json").is_file()
     assert (out / "predict.log").is_file() and (out / ".hydra" / "overrides.yaml").is_file()
+    # The same command again must not write over the first run (nor append to its log).
+    before = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0
+    assert f"output={out} already holds a prediction" in again.stderr
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == before
 
 
 def test_predict_refuses_an_output_that_cannot_be_a_directory(tmp_path, monkeypatch):
@@ -249,3 +264,104 @@ def test_predict_refuses_an_output_that_cannot_be_a_directory(tmp_path, monkeypa
         SystemExit, match=rf"output={re.escape(str(blocker))}/out cannot be written"
     ):
         main()
+
+
+def test_predict_refuses_an_output_directory_that_holds_an_earlier_prediction(
+    checkpoint, seven_seconds, tmp_path
+):
+    """Two videos' masks in one directory cannot be told apart: a used output is refused, before
+    the checkpoint is even read (here it does not exist), and the first prediction stays whole."""
+    out = tmp_path / "out"
+    out.mkdir()  # an empty directory is fine
+    predict(checkpoint, seven_seconds[0], out)
+    before = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
+    with pytest.raises(OutputInUseError) as error:
+        predict(tmp_path / "no.ckpt", seven_seconds[0], out)
+    message = str(error.value)
+    assert f"output={out} already holds a prediction" in message
+    assert str(seven_seconds[0].resolve()) in message  # of which video
+    assert "7 masks" in message and "another output=" in message and "delete" in message
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == before
+
+
+def test_predict_refuses_an_output_directory_that_holds_other_files(tmp_path):
+    out = tmp_path / "out"
+    (out / "notes").mkdir(parents=True)
+    (out / "results.csv").write_text("keep me")
+    with pytest.raises(OutputInUseError, match=r"already holds 2 entries .*notes/, results\.csv"):
+        predict(tmp_path / "no.ckpt", tmp_path / "no.mp4", out)
+    assert (out / "results.csv").read_text() == "keep me"
+
+
+def test_cli_refuses_a_used_output_before_hydra_writes_into_it(tmp_path, monkeypatch):
+    from avsac_lit.predict import main
+
+    out = tmp_path / "out"
+    (out / "masks").mkdir(parents=True)
+    (out / "masks" / "frame_0001.png").write_bytes(b"png")
+    (out / "predictions.json").write_text(json.dumps({"input": "/videos/first.mp4"}))
+    arguments = ["predict", "ckpt_path=x.ckpt", "input=x.mp4", f"output={out}"]
+    monkeypatch.setattr(sys, "argv", arguments)
+    with pytest.raises(SystemExit, match=rf"output={re.escape(str(out))} already holds a "
+                       r"prediction \(of /videos/first\.mp4; 1 masks"):  # fmt: skip
+        main()
+    assert sorted(path.name for path in out.iterdir()) == ["masks", "predictions.json"]
+
+
+def nan_model(checkpoint: Path) -> TrainedModel:
+    """The trained model with one weight of its prediction head NaN: what a checkpoint of a run
+    that diverged holds (set in the loaded model, so no checksum is involved)."""
+    model = load_trained(checkpoint)
+    weight = next(p for n, p in model.net.named_parameters() if n.startswith("head."))
+    with torch.no_grad():
+        weight.fill_(float("nan"))
+    return model
+
+
+def test_nan_weights_stop_predict_naming_the_video_and_frame(
+    checkpoint, seven_seconds, tmp_path, monkeypatch
+):
+    model = nan_model(checkpoint)
+    monkeypatch.setattr("avsac_lit.predict.load_trained", lambda *args, **kwargs: model)
+    out = tmp_path / "out"
+    with pytest.raises(NonFiniteError) as error:
+        predict(checkpoint, seven_seconds[0], out)
+    message = str(error.value)
+    assert str(seven_seconds[0]) in message and "frame 1 (at 0.875 s)" in message
+    assert re.search(r"(\d+) of \1 values are NaN", message)  # the whole frame
+    assert f"python -m avsac_lit.eval ckpt_path={checkpoint}" in message
+    assert not out.exists()  # nothing half-written is left, no predictions.json with NaN
+
+
+def test_an_inf_in_a_later_window_stops_predict_and_removes_what_it_wrote(
+    checkpoint, seven_seconds, tmp_path, monkeypatch
+):
+    """An inf logit still gives a probability of 1, so without the check it would pass silently;
+    the first window's masks, already written, are removed rather than left without their json."""
+    call = TrainedModel.__call__
+
+    def second_window_inf(self, frames, audio):
+        outputs = call(self, frames, audio)
+        if len(frames) == 2:  # seconds 6-7
+            outputs["logits"][1, 0, 3, 4] = float("inf")
+        return outputs
+
+    monkeypatch.setattr(TrainedModel, "__call__", second_window_inf)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(
+        NonFiniteError, match=r"frame 7 \(at 6\.875 s\).*: 1 of \d+ values is \+inf\."
+    ):
+        predict(checkpoint, seven_seconds[0], out)
+    assert list(out.iterdir()) == []  # the existing directory is kept, empty
+
+
+def test_predictions_json_never_holds_a_non_finite_number(tmp_path):
+    path = tmp_path / "predictions.json"
+    with pytest.raises(NonFiniteError, match=r"predictions\.json.*frames/1/max_score is nan"):
+        write_predictions(path, {"frames": [{"max_score": 0.5}, {"max_score": float("nan")}]})
+    with pytest.raises(NonFiniteError, match=r"frames/0/score is None"):
+        write_predictions(path, {"frames": [{"score": None}]})
+    assert not path.exists()
+    write_predictions(path, {"frames": [{"max_score": 0.5, "class": "dog"}]})
+    assert json.loads(path.read_text()) == {"frames": [{"max_score": 0.5, "class": "dog"}]}

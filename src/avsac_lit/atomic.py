@@ -1,36 +1,151 @@
-"""Files written whole or not at all, and the leftovers of writes a kill interrupted.
+"""Files written whole or not at all; the leftovers of writes a kill interrupted; writes a disk
+refused, named.
 
-Every file a run writes goes first to ``<name>.partial`` beside its destination and is renamed
-over it when complete, so a kill at any moment leaves the previous good file. What a kill leaves
-is a ``.partial``; the next start in that directory removes it (:func:`remove_leftovers`).
+Every file a run writes goes first to a temporary name beside its destination
+(``<name>.<pid>-<random>.partial``: unique, so that processes writing the same file never share
+one) and is renamed over it when complete, so a kill at any moment leaves the previous good file.
+What a kill leaves is a ``.partial``; the next start in that directory removes it
+(:func:`remove_leftovers`).
+
+A write the disk refuses (full, over quota, read-only) raises :class:`DiskWriteError`, whose one
+message names the directory, its free space against the size needed, the run's last good
+checkpoint and how to go on; whatever was there before stays intact.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import secrets
+import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+# torch's own file writer reports a full or read-only disk as a RuntimeError; below this much free
+# space such an error is taken for a full disk.
+NEARLY_FULL_BYTES = 64 * 2**20
+
+# The run whose files are being written (set by ``build.build_run``), for the last good checkpoint
+# that a refused write names.
+_run_directory: Path | None = None
+
+
+def note_run_directory(path: str | Path | None) -> None:
+    global _run_directory
+    _run_directory = None if path is None else Path(path)
+
+
+def temporary_name(path: Path) -> Path:
+    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(3)}{PARTIAL_SUFFIX}")
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(
+    path: str | Path, *, size_hint: int = 0, advice: str | None = None
+) -> Iterator[Path]:
     """Yield the temporary path to write ``path``'s content to; on success it becomes ``path``,
-    on an exception it is removed."""
+    on an exception it is removed. A write the disk refuses becomes a :class:`DiskWriteError`
+    (``size_hint``: the bytes the file needs, if known; ``advice``: how to go on, if not the
+    run's own files)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    partial = temporary_name(path)
     try:
-        yield partial
-        partial.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield partial
+            partial.replace(path)
+        except (OSError, RuntimeError) as error:
+            kind = refused_by_disk(error, path.parent)
+            if kind is None or isinstance(error, DiskWriteError):
+                raise
+            written = partial.stat().st_size if partial.is_file() else 0
+            before = path.stat().st_size if path.is_file() else 0
+            raise DiskWriteError(kind, path, max(size_hint, written, before), advice) from error
     finally:
-        partial.unlink(missing_ok=True)
+        with suppress(OSError):  # FileNotFoundError, or EROFS: nothing was written then
+            partial.unlink(missing_ok=True)
+
+
+def refused_by_disk(error: BaseException, directory: Path) -> int | None:
+    """The errno (ENOSPC, EDQUOT, EROFS) of a write the disk refused, else None. torch's writer
+    raises RuntimeErrors ("unexpected pos", "open file failed"), read here from the disk's state."""
+    if isinstance(error, OSError):
+        return error.errno if error.errno in DISK_ERRNOS else None
+    if not isinstance(error, RuntimeError):
+        return None
+    existing = nearest_existing(directory)
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        return errno.EROFS
+    if shutil.disk_usage(existing).free < NEARLY_FULL_BYTES:
+        return errno.ENOSPC
+    return None
+
+
+def nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
+class DiskWriteError(OSError):
+    """A write refused by the disk: full (``ENOSPC``), over quota (``EDQUOT``) or read-only
+    (``EROFS``). Its message says where, how much space there is against what the file needs,
+    which checkpoint is the run's last good one, and how to go on."""
+
+    def __init__(self, kind: int, path: Path, needed: int = 0, advice: str | None = None) -> None:
+        directory = nearest_existing(Path(path).parent)
+        free = shutil.disk_usage(directory).free
+        need = f"it needs about {megabytes(needed)}" if needed else "it needs more"
+        if kind == errno.EROFS:
+            why = f"{directory} is on a read-only file system"
+        elif kind == errno.EDQUOT:
+            why = (f"the disk quota on {directory} is used up ({megabytes(free)} free on the "
+                   f"disk; {need})")  # fmt: skip
+        else:
+            why = f"the disk of {directory} is full ({megabytes(free)} free; {need})"
+        message = f"Cannot write {path}: {why}. {last_good_checkpoint()} {advice or run_advice()}"
+        super().__init__(kind, message)
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def last_good_checkpoint() -> str:
+    """The sentence on the checkpoint a run can go on from (every checkpoint write is atomic, so
+    the file there is whole)."""
+    if _run_directory is None:
+        return "Nothing of earlier files was changed."
+    last = _run_directory / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        written = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last.stat().st_mtime))
+        return f"The run's last good checkpoint is {last} (written {written})."
+    return f"The run ({_run_directory}) has written no checkpoint yet."
+
+
+def run_advice() -> str:
+    if _run_directory is None:
+        return "Free space there, or write to another directory."
+    last = _run_directory / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return "Free space there, or run in another directory: paths.log_dir=/another/disk."
+    return (
+        "Free space there and continue the run: the same command with "
+        f"hydra.run.dir={_run_directory}; or go on in another directory: "
+        f"paths.log_dir=/another/disk ckpt_path={last}."
+    )
 
 
 def remove_leftovers(directory: str | Path, older_than_s: float = 0.0) -> list[Path]:

@@ -9,7 +9,9 @@ and the notebooks. The configs ship inside the package (``avsac_lit/conf``) and 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +23,10 @@ from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from avsac_lit.atomic import atomic_path
-from avsac_lit.data import AVSDataModule
+from avsac_lit.atomic import atomic_path, note_run_directory
+from avsac_lit.data import AVSDataModule, DatasetLayoutError
 from avsac_lit.models.counting import parameter_counts
 from avsac_lit.module import AVSLitModule
 
@@ -75,7 +77,12 @@ def compose_config(
 def set_num_classes(cfg: DictConfig, datamodule: AVSDataModule) -> None:
     """Fill ``model.num_classes`` from the data (1 for S4/MS3, label2idx.json's count for AVSS),
     or check that a value given by hand matches it."""
-    datamodule.check_root()
+    try:
+        datamodule.check_root()
+    except DatasetLayoutError as error:
+        # In the setting's words, which is what the user changes; the error says the rest (the
+        # layout expected, where to get the data), so it is not chained to itself.
+        raise DatasetLayoutError(f"data.root={datamodule.hparams.root}: {error}") from None
     found = datamodule.num_classes
     given = cfg.model.get("num_classes")
     if given is not None and given != found:
@@ -123,6 +130,8 @@ def build_run(
     and the trainer (with ``callbacks`` from the config and ``extra_callbacks``); save the
     resolved config and log it once."""
     check_trainer_settings(cfg.trainer)
+    check_number_settings(cfg)
+    note_run_directory(cfg.paths.output_dir)  # named when a disk refuses one of its files
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     log.info("Instantiating datamodule <%s> for %s", cfg.data._target_, cfg.data.task)
@@ -182,6 +191,109 @@ def check_trainer_settings(trainer: DictConfig) -> None:
                 f"trainer.{key}={value!r}: expected a whole number (or null), e.g. "
                 f"trainer.{key}=30."
             )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive(value: Any) -> bool:
+    return _is_number(value) and value > 0
+
+
+def _non_negative(value: Any) -> bool:
+    return _is_number(value) and value >= 0
+
+
+def _betas(value: Any) -> bool:
+    return (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) == 2
+        and all(_is_number(beta) and 0 <= beta < 1 for beta in value)
+    )
+
+
+def _count_from(least: int) -> Callable[[Any], bool]:
+    return lambda value: _is_whole(value) and value >= least
+
+
+@dataclass(frozen=True)
+class NumberSetting:
+    """A numeric setting, checked before anything is built: what it must be, in words and as a
+    test, and a value to show as an example."""
+
+    key: str  # dotted, as on the command line
+    expected: str
+    holds: Callable[[Any], bool]
+    example: str
+
+
+# The numbers of the optimiser and scheduler partials (what torch's Adam/AdamW/SGD and their
+# schedulers take; each checked only where the config has it), the module's and the data's. A
+# string there fails only deep inside (the optimiser at the first training step, the loaders at
+# the first batch) with a bare TypeError, and a negative learning rate with torch's message,
+# neither naming the setting.
+NUMBER_SETTINGS = (
+    NumberSetting("model.optimizer.lr", "a positive number", _positive, "2e-5"),
+    NumberSetting("model.optimizer.weight_decay", "a number >= 0", _non_negative, "0.01"),
+    NumberSetting("model.optimizer.betas", "two numbers in [0, 1)", _betas, "[0.9,0.999]"),
+    NumberSetting("model.optimizer.eps", "a positive number", _positive, "1e-8"),
+    NumberSetting("model.optimizer.momentum", "a number >= 0", _non_negative, "0.9"),
+    NumberSetting("model.scheduler.T_max", "a whole number >= 1", _count_from(1), "30"),
+    NumberSetting("model.scheduler.eta_min", "a number >= 0", _non_negative, "0"),
+    NumberSetting(
+        "model.warmup_steps", "a whole number >= 0 (optimiser steps)", _count_from(0), "50"
+    ),
+    NumberSetting("data.img_size", "a whole number >= 1 (pixels)", _count_from(1), "224"),
+    NumberSetting("data.train_batch_size", "a whole number >= 1 (clips)", _count_from(1), "4"),
+    NumberSetting("data.eval_batch_size", "a whole number >= 1 (clips)", _count_from(1), "2"),
+    NumberSetting(
+        "data.num_workers",
+        "a whole number >= 0 (worker processes; 0 loads in the main process)",
+        _count_from(0),
+        "4",
+    ),
+)
+
+
+def _as_written(value: Any) -> str:
+    """A value as a command line would show it: strings quoted (so that ``'1e-3'``, a string,
+    is told from ``1e-3``), ``null`` for None, lists without their config type."""
+    if value is None:
+        return "null"
+    if isinstance(value, ListConfig):
+        return str(OmegaConf.to_container(value))
+    return repr(value)
+
+
+def check_number_settings(cfg: DictConfig) -> None:
+    """Refuse, before anything is built, a setting of :data:`NUMBER_SETTINGS` that is not the
+    number it must be: the message names it as the command line does (``model.optimizer.lr=-1``),
+    with what is expected and an example. A setting the config does not have (the scheduler's
+    under ``scheduler: null``, an optimiser's ``betas`` under SGD) is not checked."""
+    for setting in NUMBER_SETTINGS:
+        parent_key, _, leaf = setting.key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key)
+        if not isinstance(parent, DictConfig) or leaf not in parent:
+            continue
+        value = parent[leaf]
+        if setting.holds(value):
+            continue
+        # A value taken from another setting says which, where that is the one to change.
+        source = (
+            f" (from {OmegaConf.to_container(parent, resolve=False)[leaf]})"
+            if OmegaConf.is_interpolation(parent, leaf)
+            else ""
+        )
+        raise ValueError(
+            f"{setting.key}={_as_written(value)}{source}: expected {setting.expected}, e.g. "
+            f"{setting.key}={setting.example}."
+        )
 
 
 def save_resolved_config(cfg: DictConfig) -> Path:

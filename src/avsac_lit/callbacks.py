@@ -16,7 +16,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.optim import Optimizer
 from torch.utils.data import Dataset, default_collate
 
-from avsac_lit.atomic import atomic_path, fsync_file, remove_leftovers
+from avsac_lit.atomic import atomic_path, remove_leftovers
+from avsac_lit.integrity import verify, write_checkpoint
 from avsac_lit.models.backbone import VisualBackbone
 from avsac_lit.viz import GROUND_TRUTH, clip_figure, frames_to_uint8, log_mel_image, predicted_masks
 
@@ -230,7 +231,8 @@ class ResumableCheckpoint(ModelCheckpoint):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to ``<name>.partial`` beside their destination, flushed, then renamed.
+    """Checkpoints written to ``<name>.<pid>-<random>.partial`` beside their destination,
+    flushed, then renamed, with their tensors' checksums (:mod:`avsac_lit.integrity`).
 
     Lightning's own writer stages the file in the system's temporary directory (through fsspec),
     where a kill leaves tens of megabytes nobody removes; here a kill leaves a ``.partial`` in the
@@ -241,9 +243,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         if storage_options is not None or "://" in str(path):  # remote: Lightning's writer
             return super().save_checkpoint(checkpoint, path, storage_options)
-        with atomic_path(path) as partial:
-            torch.save(checkpoint, partial)
-            fsync_file(partial)
+        write_checkpoint(checkpoint, path)
+
+    def load_checkpoint(self, path: str | Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        checkpoint = super().load_checkpoint(path, *args, **kwargs)
+        verify(checkpoint, path)  # what Lightning resumes or tests from, too
+        return checkpoint
 
 
 class FirstStepRecorder(Callback):
@@ -265,5 +270,5 @@ class FirstStepRecorder(Callback):
         if trainer.global_step == 1 and batch_idx == 0:
             loss = trainer.strategy.reduce(outputs["loss"].detach(), reduce_op="mean")
             if trainer.is_global_zero:
-                with atomic_path(self.path) as partial:
-                    torch.save({"loss": loss, "gradients": self.gradients}, partial)
+                with atomic_path(self.path) as partial, open(partial, "wb") as handle:
+                    torch.save({"loss": loss, "gradients": self.gradients}, handle)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from avsac_lit.build import build_module
 from avsac_lit.data.avsbench import DATASETS
 from avsac_lit.data.io import normalised_frame, resize_or_crop
+from avsac_lit.integrity import verify
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 AVSBENCH_FRAME_SIZE = 224  # S4/MS3 frames were stored resized to 224 x 224 by the preprocessing
@@ -153,13 +154,23 @@ def rebuilt_encoders(ckpt_path: str | Path) -> dict[str, str]:
 
 @contextmanager
 def encoder_files_needed(ckpt_path: str | Path, rebuilt: dict[str, str]):
-    """Say, when a weight file is missing, that the checkpoint needs it and what to do."""
+    """Say, when a weight file is missing, that the checkpoint needs it and what to do.
+
+    Only a file a constructor missed counts (Hydra wraps what a constructor raised): the block
+    may also build the data (``avsac_lit.eval``), whose own missing files (a data root without
+    the task's layout, :class:`DatasetLayoutError`) are the user's to fix as they say, not a
+    reason to export the checkpoint."""
+    from avsac_lit.data.avsbench import DatasetLayoutError
+
     try:
         yield
-    except (FileNotFoundError, InstantiationException) as raised:
-        # Hydra wraps what a constructor raised.
-        error = raised if isinstance(raised, FileNotFoundError) else raised.__cause__
-        if not rebuilt or not isinstance(error, FileNotFoundError):
+    except InstantiationException as raised:
+        error = raised.__cause__
+        if (
+            not rebuilt
+            or not isinstance(error, FileNotFoundError)
+            or isinstance(error, DatasetLayoutError)
+        ):
             raise
         raise FileNotFoundError(
             f"{ckpt_path} does not store its frozen encoders ({', '.join(rebuilt)}): they are "
@@ -181,15 +192,18 @@ def existing_checkpoint(path: str | Path) -> Path:
 
 
 def read_checkpoint(ckpt_path: Path, mmap: bool = False) -> dict:
-    """The checkpoint file's contents (``mmap``: tensors mapped, not read), or a ValueError that
-    names the file instead of the reader's own message (an empty or truncated file)."""
+    """The checkpoint file's contents (``mmap``: tensors mapped, not read), verified against its
+    checksums (:mod:`avsac_lit.integrity`), or a ValueError that names the file instead of the
+    reader's own message (an empty or truncated file, a damaged tensor)."""
     try:
-        return torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=mmap)
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:
         raise ValueError(
             f"Cannot read checkpoint {ckpt_path}: {error}. Expected a .ckpt file written by "
             "avsac_lit.train."
         ) from error
+    verify(checkpoint, ckpt_path)
+    return checkpoint
 
 
 def checkpoint_config(ckpt_path: str | Path, config: str | Path | None = None) -> DictConfig:
@@ -203,11 +217,15 @@ def checkpoint_config(ckpt_path: str | Path, config: str | Path | None = None) -
 
 def run_config(ckpt_path: Path, saved: dict | None, explicit: str | Path | None) -> DictConfig:
     """The run's config: ``explicit``, else the one saved in the checkpoint, else the run
-    directory's ``config.yaml``."""
+    directory's ``config.yaml``. The advice for a checkpoint without one, ``config=``, is what
+    ``avsac_lit.eval`` and ``avsac_lit.predict`` take (and :func:`load_trained`, ``config``)."""
     if explicit is not None:
         path = Path(explicit)
         if not path.is_file():
-            raise FileNotFoundError(f"config={path} does not exist.")
+            raise FileNotFoundError(
+                f"config={path} does not exist. Pass the config.yaml of the run that wrote "
+                f"{ckpt_path}: config=logs/train/runs/<time>/config.yaml."
+            )
         return upgraded(OmegaConf.load(path))
     if saved is not None:
         return upgraded(OmegaConf.create(saved))

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from avsac_lit.atomic import DiskWriteError, refused_by_disk
 from avsac_lit.resume import RunStopped, exit_stopped
 
 log = logging.getLogger(__name__)
@@ -32,14 +33,35 @@ def task_wrapper(task: Callable[[DictConfig], dict]) -> Callable[[DictConfig], d
         except RunStopped as stop:  # on purpose: one line, no traceback
             exit_stopped(stop)
             raise
-        except BaseException:
-            log.exception("The run failed; its directory is %s", cfg.paths.output_dir)
-            raise
+        except BaseException as error:
+            # A write the disk refused, also one the suite does not make itself (a logger's),
+            # is said as the suite's own writes say it: where, how much space, how to go on.
+            named = disk_write_error(error)
+            if named is None:
+                log.exception("The run failed; its directory is %s", cfg.paths.output_dir)
+                raise
+            log.error("The run failed; its directory is %s. %s", cfg.paths.output_dir, named)
+            if named is error:
+                raise
+            raise named from error
         finally:
             log.info("Run directory: %s", cfg.paths.output_dir)
             finish_wandb()
 
     return wrapped
+
+
+def disk_write_error(error: BaseException) -> DiskWriteError | None:
+    """``error`` as a :class:`DiskWriteError` when the disk refused a write, else None."""
+    if isinstance(error, DiskWriteError):
+        return error
+    if not isinstance(error, OSError | RuntimeError):
+        return None
+    filename = getattr(error, "filename", None)
+    kind = refused_by_disk(error, Path(filename).parent if filename else Path.cwd())
+    if kind is None:
+        return None
+    return DiskWriteError(kind, Path(filename) if filename else Path.cwd() / "?")
 
 
 def finish_wandb() -> None:

@@ -31,10 +31,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor
 
-from avsac_lit.atomic import atomic_path
 from avsac_lit.build import CONFIG_PATH, build_module
 from avsac_lit.checkpoint import quiet
 from avsac_lit.data.avsbench import read_class_names
+from avsac_lit.integrity import write_checkpoint
 from avsac_lit.models.weights import load_checkpoint_file
 from avsac_lit.run_record import source_version
 
@@ -296,8 +296,7 @@ def convert(cfg: DictConfig) -> Path:
         },
     }
     output.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(output) as partial:
-        torch.save(checkpoint, partial)
+    write_checkpoint(checkpoint, output)
     log.info(
         "Converted %s (%s, %s, classes: %d; %d unused official keys dropped) into %s",
         source, task, backbone, classes, len(dropped), output,

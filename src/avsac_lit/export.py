@@ -14,15 +14,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
-from avsac_lit.atomic import atomic_path
 from avsac_lit.checkpoint import (
     existing_checkpoint,
     module_with_encoders,
     read_checkpoint,
     run_config,
 )
+from avsac_lit.integrity import write_checkpoint
 
 TRAINING_STATE = ("optimizer_states", "lr_schedulers", "loops", "callbacks")
 
@@ -41,8 +39,7 @@ def export(ckpt_path: str | Path, output: str | Path, keep_training_state: bool 
     if not keep_training_state:
         for key in TRAINING_STATE:
             checkpoint.pop(key, None)
-    with atomic_path(output) as partial:
-        torch.save(checkpoint, partial)
+    write_checkpoint(checkpoint, output)
     return output
 
 

@@ -4,7 +4,7 @@ A frozen backbone in eval mode and a frozen VGGish give the same output for the 
 epoch of every run that uses the same weights: the PVT-v2-b5 forward alone is 9% of an AVSAC
 training step at 224 px, and VGGish is the larger part of the CPU demo's step. The cache stores
 each frame's outputs once (the backbone's four feature maps, the VGGish embedding) and reads them
-back memory-mapped.
+back.
 
 Keys. An entry is named by the SHA-256 of its input tensor's bytes (one normalised frame
 [3, H, W], or one log-mel example [1, 96, 64]) inside a store named by the encoder's weight digest
@@ -20,29 +20,41 @@ round them (docs/performance.md measures the effect on logits and losses). A com
 rounded the same way before use, so a run sees the same features whether they were read or
 computed.
 
-Layout: ``{root}/{visual|audio}-{digest[:16]}-{dtype}[-{H}x{W}]/{key}.npy``, each file written to
-a ``.partial`` name and renamed, so concurrent runs of a sweep can share the cache.
+Integrity. An entry is a ``.npy`` array (1-D, the parts' values in a row) followed by the CRC-32
+of its bytes (4 bytes, little-endian; NumPy's reader ignores them). A read checks the checksum,
+the header, the dtype and the length against the store's ``layout.json`` (the parts' shapes); an
+entry that fails (truncated, torn, changed on disk) is logged once with its path, deleted,
+computed again and rewritten, so the run goes on as with a clean cache. A disk that refuses a write
+(full, read-only) turns the cache off for the rest of the run, with a warning.
+
+Layout: ``{root}/{visual|audio}-v{version}-{digest[:16]}-{dtype}[-{H}x{W}]/{key}.npy`` and
+``layout.json``, each file written to a unique temporary name and renamed, so concurrent runs of
+a sweep can share the cache.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from avsac_lit.atomic import atomic_path, remove_leftovers
+from avsac_lit.atomic import DiskWriteError, atomic_path, remove_leftovers
 from avsac_lit.models.weights import state_digest
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# Bump when what an entry holds changes, so that old stores are never read.
-FORMAT_VERSION = 1
+STORED_AS = {"float32": np.float32, "float16": np.float16, "bfloat16": np.int16}
+# Bump when what an entry holds changes, so that old stores are never read (2: CRC-32 trailer).
+FORMAT_VERSION = 2
+CHECKSUM_BYTES = 4
 
 
 def input_key(tensor: Tensor) -> str:
@@ -69,15 +81,25 @@ class EncoderFeatureCache:
         root: the cache's folder (the runs' configs: ``${paths.cache_dir}/encoder_features``).
         dtype: ``float16``, ``bfloat16`` or ``float32`` (exact).
         enabled: off: the encoders run on every batch.
+        verify: check each entry's checksum when it is read (off: only its length and header;
+            the switch exists to measure the check's cost, docs/performance.md).
     """
 
-    def __init__(self, *, root: str | Path, dtype: str = "float16", enabled: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        root: str | Path,
+        dtype: str = "float16",
+        enabled: bool = True,
+        verify: bool = True,
+    ) -> None:
         if dtype not in DTYPES:
             raise ValueError(
                 f"model.feature_cache.dtype={dtype!r}; expected one of {', '.join(DTYPES)}."
             )
-        self.root, self.dtype, self.enabled = Path(root), dtype, enabled
+        self.root, self.dtype, self.enabled, self.verify = Path(root), dtype, enabled, verify
         self.digests: dict[int, str] = {}  # id(encoder) -> weight digest, for the bound model
+        self.reported: set[Path] = set()  # damaged entries, logged once each
         self.hits = self.misses = 0
 
     def bind(self, net: nn.Module) -> None:
@@ -130,23 +152,7 @@ class EncoderFeatureCache:
 
     def visual(self, net: nn.Module, frames: Tensor) -> list[Tensor]:
         store = self.store("visual", net.visual, tuple(frames.shape[-2:]))
-        shapes_file = store / "levels.json"
-        shapes = json.loads(shapes_file.read_text()) if shapes_file.is_file() else None
-        keys = [input_key(frame) for frame in frames]
-        found = [self.read(store, key) if shapes else None for key in keys]
-        missing = [i for i, entry in enumerate(found) if entry is None]
-        if missing:
-            with torch.no_grad():
-                levels = net.visual(frames[missing])
-            shapes = [list(level.shape[1:]) for level in levels]
-            if not shapes_file.is_file():
-                with atomic_path(shapes_file) as partial:
-                    partial.write_text(json.dumps(shapes))
-            flat = torch.cat([level.flatten(1) for level in levels], dim=1)  # [n, sum C h w]
-            for row, i in enumerate(missing):
-                found[i] = self.write(store, keys[i], flat[row])
-        self.count(len(keys), len(missing))
-        flat = torch.stack(found).to(frames.device, frames.dtype)  # [N, sum C h w]
+        flat, shapes = self.entries(store, frames, lambda missing: net.visual(frames[missing]))
         sizes = [int(np.prod(shape)) for shape in shapes]
         return [
             part.reshape(len(frames), *shape)
@@ -155,35 +161,118 @@ class EncoderFeatureCache:
 
     def audio(self, net: nn.Module, examples: Tensor) -> Tensor:
         store = self.store("audio", net.audio.vggish)
-        keys = [input_key(example) for example in examples]
-        found = [self.read(store, key) for key in keys]
+        flat, _ = self.entries(
+            store, examples, lambda missing: [net.audio.embed(examples[missing])]
+        )
+        return flat
+
+    def entries(self, store: Path, inputs: Tensor, encode) -> tuple[Tensor, list[list[int]]]:
+        """The stored outputs of ``inputs`` [N, ...], flattened [N, sum of the parts' sizes], and
+        the parts' shapes; the missing (or damaged) ones computed by ``encode(indices)``, which
+        returns the parts [n, ...], and written."""
+        layout = self.read_layout(store)
+        keys = [input_key(item) for item in inputs]
+        found = [self.read(store, key, layout) if layout else None for key in keys]
         missing = [i for i, entry in enumerate(found) if entry is None]
         if missing:
             with torch.no_grad():
-                embeddings = net.audio.embed(examples[missing])  # [n, 128]
+                parts = encode(missing)
+            layout = [list(part.shape[1:]) for part in parts]
+            self.write_layout(store, layout)
+            flat = torch.cat([part.flatten(1) for part in parts], dim=1)  # [n, sum C h w]
             for row, i in enumerate(missing):
-                found[i] = self.write(store, keys[i], embeddings[row])
+                found[i] = self.write(store, keys[i], flat[row])
         self.count(len(keys), len(missing))
-        return torch.stack(found).to(examples.device, examples.dtype)
+        return torch.stack(found).to(inputs.device, inputs.dtype), layout
 
-    def read(self, store: Path, key: str) -> Tensor | None:
-        path = store / f"{key}.npy"
+    def read_layout(self, store: Path) -> list[list[int]] | None:
+        """The shapes of an entry's parts (the backbone's 4 levels, or VGGish's one embedding),
+        or None for a store without (or with an unreadable) ``layout.json``."""
+        path = store / "layout.json"
         try:
-            stored = np.load(path, mmap_mode="r")
+            layout = json.loads(path.read_text())
         except FileNotFoundError:
             return None
-        tensor = torch.from_numpy(np.array(stored))
+        except (OSError, ValueError) as error:
+            self.damaged(path, f"unreadable ({error})")
+            return None
+        if not (isinstance(layout, list) and all(isinstance(s, list) for s in layout)):
+            self.damaged(path, "not a list of shapes")
+            return None
+        return layout
+
+    def write_layout(self, store: Path, layout: list[list[int]]) -> None:
+        if self.read_layout(store) != layout:
+            self.guarded_write(store / "layout.json", json.dumps(layout).encode())
+
+    def read(self, store: Path, key: str, layout: list[list[int]]) -> Tensor | None:
+        """One entry (float32), or None when it is missing or damaged (a damaged one is logged
+        and deleted, to be computed and written again)."""
+        path = store / f"{key}.npy"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            self.damaged(path, f"unreadable ({error})")
+            return None
+        body, trailer = data[:-CHECKSUM_BYTES], data[-CHECKSUM_BYTES:]
+        if len(data) < CHECKSUM_BYTES or (
+            self.verify and zlib.crc32(body) != int.from_bytes(trailer, "little")
+        ):
+            self.damaged(path, "its checksum does not match its content (torn or changed)")
+            return None
+        try:
+            array = np.load(io.BytesIO(body), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            self.damaged(path, f"not a .npy array ({error})")
+            return None
+        expected = (sum(int(np.prod(shape)) for shape in layout),)
+        stored = STORED_AS[self.dtype]
+        if array.dtype != stored or array.shape != expected:
+            self.damaged(path, f"{array.dtype} {array.shape}, expected {stored} {expected}")
+            return None
+        tensor = torch.from_numpy(array.copy())
         if self.dtype == "bfloat16":  # NumPy has no bfloat16: stored as its 16 bits
             tensor = tensor.view(torch.bfloat16)
         return tensor.float()
+
+    def damaged(self, path: Path, why: str) -> None:
+        if path not in self.reported:
+            self.reported.add(path)
+            log.warning("Feature cache entry %s is damaged: %s. Deleted; it is computed and "
+                        "written again.", path, why)  # fmt: skip
+        path.unlink(missing_ok=True)
 
     def write(self, store: Path, key: str, value: Tensor) -> Tensor:
         """Store one entry; returns it as a read gives it back (rounded to the dtype)."""
         rounded = value.detach().to("cpu", DTYPES[self.dtype]).contiguous()
         array = (rounded.view(torch.int16) if self.dtype == "bfloat16" else rounded).numpy()
-        with atomic_path(store / f"{key}.npy") as partial, open(partial, "wb") as handle:
-            np.save(handle, array)
+        body = io.BytesIO()
+        np.save(body, array, allow_pickle=False)
+        data = body.getvalue()
+        self.guarded_write(store / f"{key}.npy",
+                           data + zlib.crc32(data).to_bytes(CHECKSUM_BYTES, "little"))  # fmt: skip
         return rounded.float()
+
+    def guarded_write(self, path: Path, data: bytes) -> None:
+        """Write a file of the cache; a disk that refuses it (full, read-only, no permission)
+        turns the cache off for the rest of the run, with a warning: the run goes on without."""
+        if not self.enabled:
+            return
+        try:
+            with atomic_path(path) as partial:
+                partial.write_bytes(data)
+        except OSError as error:
+            self.enabled = False
+            reason = error.strerror if isinstance(error, DiskWriteError) else str(error)
+            log.warning(
+                "The feature cache is off for the rest of this run: %s. The encoders run on "
+                "every batch instead (slower, same results up to the cache's %s rounding). Free "
+                "space there, or choose another directory with paths.cache_dir=DIR, or turn the "
+                "cache off with model.feature_cache.enabled=false.",
+                reason, self.dtype,
+            )  # fmt: skip
 
     def count(self, total: int, missing: int) -> None:
         self.hits += total - missing

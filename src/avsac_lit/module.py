@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -26,6 +28,8 @@ from avsac_lit.metrics import (
 )
 from avsac_lit.models.losses import AVSCriterion
 from avsac_lit.models.weights import state_digest
+
+log = logging.getLogger(__name__)
 
 MONITOR = "val/miou"  # checkpoint selection, as AVSegFormer: best validation mIoU
 
@@ -62,8 +66,16 @@ def frames_independent(net: nn.Module) -> bool:
     )
 
 
+NON_FINITE_CAUSES = (
+    "Check the weights (a damaged or diverged checkpoint: python -m avsac_lit.eval on another "
+    "one), the clips' frames and audio (python -m avsac_lit.data.check), and the feature cache "
+    "(model.feature_cache.enabled=false runs without it)."
+)
+
+
 class NonFiniteError(FloatingPointError):
-    """A NaN or infinity in training: the run stops, naming the batch's clips."""
+    """A NaN or infinity in training, validation or testing: the run stops, naming the split, the
+    epoch and the batch's clips."""
 
 
 def protocol_metrics(num_classes: int) -> MetricCollection:
@@ -332,9 +344,11 @@ class AVSLitModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         scores = self.stage_metrics("val").compute() | self.compute_audio_share("val")
         self.stage_metrics("val").reset()
+        losses = self.eval_loss_scores("val")
+        self.check_finite_scores("val", scores | losses)
         # Every value is already over all processes; sync_dist only averages equal numbers.
         self.log_dict(scores, prog_bar=True, sync_dist=True)
-        self.log_dict(self.eval_loss_scores("val"), sync_dist=True)
+        self.log_dict(losses, sync_dist=True)
         if not self.trainer.sanity_checking:
             self.val_miou_best(scores[MONITOR])
             self.log("val/miou_best", self.val_miou_best.compute())
@@ -351,11 +365,14 @@ class AVSLitModule(L.LightningModule):
         scores = self.stage_metrics("test").compute() | self.compute_audio_share("test")
         self.stage_metrics("test").reset()
         scores = {self.test_prefix + k.removeprefix("test"): v for k, v in scores.items()}
-        self.log_dict(scores | self.eval_loss_scores(self.test_prefix), sync_dist=True)
+        scores |= self.eval_loss_scores(self.test_prefix)
+        self.check_finite_scores(self.test_prefix, scores)
+        self.log_dict(scores, sync_dist=True)
 
     def evaluation_step(self, stage: str, batch: dict, batch_idx: int) -> None:
         outputs, losses = self.model_step(batch)
         prefix = self.test_prefix if stage == "test" else stage
+        self.check_finite_batch(prefix, batch, outputs, losses)
         for name, value in losses.items():
             if f"{prefix}/{name}" not in self.eval_losses:
                 self.eval_losses[f"{prefix}/{name}"] = MeanMetric().to(value.device)
@@ -385,6 +402,11 @@ class AVSLitModule(L.LightningModule):
             return {}
         share = metric.compute()
         metric.reset()
+        if not torch.isfinite(share):
+            # Neither input moved the feature at all: the share is undefined, not a number.
+            log.warning("The %s audio share is undefined (no input changed the final feature): "
+                        "not logged.", stage)  # fmt: skip
+            return {}
         return {f"{stage}/audio_share": share}
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
@@ -401,9 +423,43 @@ class AVSLitModule(L.LightningModule):
         return (
             f"Stopped at epoch {self.current_epoch}, step {self.global_step}: {what}, on the "
             f"batch of clips {clips}. The weights were not updated and no checkpoint was written "
-            "from them; the last checkpoint is the last good state. Check those clips' frames, "
-            "masks and audio (python -m avsac_lit.data.check), or lower model.optimizer.lr."
+            f"from them; {self.last_good_checkpoint()}. Check those clips' frames, masks and "
+            "audio (python -m avsac_lit.data.check), or lower model.optimizer.lr."
         )
+
+    def last_good_checkpoint(self) -> str:
+        callback = self.trainer.checkpoint_callback if self._trainer is not None else None
+        last = getattr(callback, "last_model_path", "") or ""
+        if last and Path(last).is_file():
+            return f"the last good state is {last}"
+        return "no checkpoint had been written yet"
+
+    def check_finite_batch(self, split: str, batch: dict, outputs: dict, losses: dict) -> None:
+        """A validation or test batch's losses and logits must be finite: a NaN would otherwise
+        turn the split's mean loss into NaN and its masks into background, and the run would end
+        with a wrong score and status 0. Every process decides together."""
+        finite = bool(torch.isfinite(losses["loss"]).item()) and bool(
+            torch.isfinite(outputs["logits"]).all().item()
+        )
+        if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            return
+        parts = ", ".join(f"{name} {value.item():.4g}" for name, value in losses.items())
+        logits = "finite" if torch.isfinite(outputs["logits"]).all() else "not finite"
+        clips = ", ".join(map(str, batch["name"]))
+        raise NonFiniteError(
+            f"Stopped in {split} at epoch {self.current_epoch}: the outputs are not finite on "
+            f"the batch of clips {clips} (losses: {parts}; logits {logits}). No score was "
+            f"written from them. {NON_FINITE_CAUSES}"
+        )
+
+    def check_finite_scores(self, split: str, scores: dict[str, Tensor]) -> None:
+        bad = [name for name, value in scores.items() if not torch.isfinite(value).all()]
+        if bad:
+            raise NonFiniteError(
+                f"Stopped in {split} at epoch {self.current_epoch}: {', '.join(bad)} over the "
+                f"split is not finite (from every clip of it). No score was written. "
+                f"{NON_FINITE_CAUSES}"
+            )
 
     def encoders(self) -> dict[str, nn.Module]:
         """The pretrained encoders by state-dict prefix: ``net.visual`` and ``net.audio.vggish``."""

@@ -21,16 +21,24 @@ audio track, 128 kB per second) whatever the video's length. Written to
 colour palette), and ``predictions.json`` (per frame: time, sounding-object area and scores; AVSS
 per class). ``task=s4|ms3|avss`` refuses a checkpoint trained for another task. docs/predict.md
 has the details.
+
+``output`` must be a new or empty directory: one that already holds files (an earlier prediction,
+anything) is refused before anything is read, so a prediction never writes over an earlier run nor
+mixes two videos' masks. A NaN or an infinity in the model's logits (a damaged or diverged
+checkpoint) stops the prediction at that frame and removes what it wrote: no masks computed from
+them, and ``predictions.json`` never holds a NaN, an infinity or a null where a number belongs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -38,7 +46,7 @@ import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from avsac_lit.atomic import PARTIAL_SUFFIX, atomic_path
@@ -55,6 +63,73 @@ READABLE = "Expected a video file with a video and an audio track that FFmpeg ca
 
 class VideoError(ValueError):
     """A video that cannot be segmented; the message names the file and what to do."""
+
+
+class OutputInUseError(FileExistsError):
+    """An ``output`` that already holds files. Writing into it would write over an earlier run or
+    leave two videos' masks side by side, indistinguishable."""
+
+
+class NonFiniteError(ValueError):
+    """A NaN or an infinity where a score belongs. Masks thresholded from NaN are silently empty
+    (and +inf silently sounding), so the prediction stops instead of writing them."""
+
+
+# What a prediction writes into ``output``; names that tell an earlier prediction in it.
+RESULTS = ("overlay.mp4", "masks", "predictions.json")
+LISTED = 5  # entries a refusal names before "and N more"
+
+
+def output_contents(output: Path, own: Collection[str] = ()) -> str | None:
+    """What the directory ``output`` holds, in words (for the refusal); None when it does not
+    exist or holds nothing but ``own`` (names this same command wrote: Hydra's record)."""
+    if not output.is_dir():
+        return None
+    entries = sorted(path for path in output.iterdir() if path.name not in own)
+    if not entries:
+        return None
+    names = [path.name + "/" if path.is_dir() else path.name for path in entries]
+    if any(path.name in RESULTS for path in entries):
+        masks = len(list((output / "masks").glob("frame_*.png")))
+        names = [f"{masks} masks in masks/" if name == "masks/" else name for name in names]
+        kind = "a" if (output / "predictions.json").is_file() else "an unfinished"
+        return f"{kind} prediction ({earlier_input(output)}; {listing(names)})"
+    if set(names) <= {".hydra/", "predict.log"}:
+        return f"the record of an earlier predict that wrote no results ({listing(names)})"
+    return f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'} ({listing(names)})"
+
+
+def earlier_input(output: Path) -> str:
+    try:
+        return f"of {json.loads((output / 'predictions.json').read_text())['input']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "of an unknown video"
+
+
+def listing(names: list[str]) -> str:
+    more = f" and {len(names) - LISTED} more" if len(names) > LISTED else ""
+    return ", ".join(names[:LISTED]) + more
+
+
+def check_output(output: Path, own: Collection[str] = ()) -> None:
+    """Refuse an ``output`` that is a file or a directory holding anything but ``own``.
+
+    Raises:
+        OutputInUseError: naming the directory, what it holds and the way on.
+    """
+    if output.exists() and not output.is_dir():
+        raise OutputInUseError(
+            f"output={output} is a file, not a directory. Pass a new or empty directory as "
+            "output= (it is created)."
+        )
+    holds = output_contents(output, own)
+    if holds is not None:
+        raise OutputInUseError(
+            f"output={output} already holds {holds}. predict writes only into a new or empty "
+            "directory, so that it never writes over an earlier run nor mixes two videos' "
+            f"results. Pass another output= (a new or empty directory), or delete {output} "
+            "yourself if you no longer need what it holds."
+        )
 
 
 class VideoReader:
@@ -215,6 +290,85 @@ class OverlayVideo:
         self.container.close()
         self.partial.replace(self.path)
 
+    def discard(self) -> None:
+        """Remove the video, written or not: a prediction that failed keeps none of its files."""
+        import av
+
+        # Closing writes the trailer, which an unfinished stream may refuse; the file goes anyway.
+        with contextlib.suppress(av.error.FFmpegError, OSError, ValueError):
+            self.container.close()
+        self.partial.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
+
+
+def check_finite(
+    logits: torch.Tensor, window: list, reader: VideoReader, model: TrainedModel, output: Path
+) -> None:
+    """Stop at the first frame of ``window`` whose logits [T, K, S, S] hold a NaN or an
+    infinity: its mask would be empty (NaN) or full (+inf) and its scores NaN, written as if
+    valid.
+
+    Raises:
+        NonFiniteError: naming the video, the frame and its time, what was not finite and the
+            checkpoint to check.
+    """
+    finite = torch.isfinite(logits).flatten(1).all(dim=1)
+    if bool(finite.all()):
+        return
+    t = int((~finite).nonzero()[0])
+    second, index, _ = window[t]
+    values = logits[t]
+    counts = {
+        "NaN": int(values.isnan().sum()),
+        "+inf": int(values.isposinf().sum()),
+        "-inf": int(values.isneginf().sum()),
+    }
+    what = ", ".join(f"{n} of {values.numel()} values {'is' if n == 1 else 'are'} {kind}"
+                     for kind, n in counts.items() if n)  # fmt: skip
+    raise NonFiniteError(
+        f"{reader.path}: the model's logits for frame {second + 1} (at "
+        f"{round(index / reader.fps, 3):g} s) are not finite: {what}. Masks and scores computed "
+        "from them would be meaningless, so predict stopped: no predictions.json was written and "
+        f"the masks and video written so far were removed from {output}. A model gives NaN or "
+        "inf when its weights are broken: check the checkpoint with `python -m avsac_lit.eval "
+        f"ckpt_path={model.checkpoint}` (NaN or zero scores there confirm it). A damaged "
+        "checkpoint file or a run that diverged needs another checkpoint (the run's "
+        "checkpoints/ holds the best and the last one)."
+    )
+
+
+def non_numbers(tree: object, where: str = "") -> Iterator[tuple[str, object]]:
+    """(place, value) of every NaN, infinity or None in nested dicts and lists."""
+    if tree is None or (isinstance(tree, float) and not math.isfinite(tree)):
+        yield where, tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from non_numbers(value, f"{where}/{key}" if where else str(key))
+    elif isinstance(tree, list | tuple):
+        for number, value in enumerate(tree):
+            yield from non_numbers(value, f"{where}/{number}" if where else str(number))
+
+
+def write_predictions(path: Path, summary: dict) -> None:
+    """Write ``summary`` as JSON, whole or not at all. Python's json writes a NaN or an infinity
+    as ``NaN``/``Infinity`` (not JSON: strict readers fail on them) and None as ``null`` (read as
+    a missing value), so neither is ever written where a number belongs.
+
+    Raises:
+        NonFiniteError: naming the file and the first such value's place.
+    """
+    found = next(non_numbers(summary), None)
+    if found is not None:
+        where, value = found
+        raise NonFiniteError(
+            f"Not writing {path}: its {where} is {value!r}, not a number. The model's logits "
+            "were checked finite, so this is a fault of avsac_lit.predict: please report it "
+            "with the command and its predict.log."
+        )
+    text = json.dumps(summary, indent=2, allow_nan=False)
+    with atomic_path(path) as partial:
+        partial.write_text(text + "\n")
+
 
 def save_mask(path: Path, mask: np.ndarray, palette: np.ndarray, num_classes: int) -> None:
     if num_classes == 1:
@@ -235,41 +389,76 @@ def predict(
     task: str | None = None,
     threshold: float = 0.5,
     device: str = "cpu",
+    own: Collection[str] = (),
 ) -> dict[str, Path]:
     """Segment the sounding objects of the video ``input`` with the checkpoint ``ckpt_path`` and
     write the results into ``output`` (see the module docstring); returns the files by kind.
-    Everything is checked before anything is written."""
+    Everything is checked before anything is written, ``output`` (new or empty, but for the
+    names in ``own``: the command's own record, already there) before anything is read; a
+    prediction that fails midway removes the files it wrote.
+
+    Raises:
+        OutputInUseError: ``output`` already holds files.
+        NonFiniteError: the model's logits for a frame hold a NaN or an infinity.
+    """
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold={threshold}: expected a probability strictly between 0 and 1.")
+    output = Path(output)
+    check_output(output, own)
     model = load_trained(ckpt_path, config=config, task=task, device=device)
     reader = VideoReader(input)
     seconds = reader.seconds()
     first = next(seconds, None)
     if first is None:
         raise reader.too_short()
-    output = Path(output)
+    made = [folder for folder in (output / "masks", output) if not folder.exists()]
     (output / "masks").mkdir(parents=True, exist_ok=True)
     height, width = first[2].shape[:2]
     video = OverlayVideo(output / "overlay.mp4", height, width)
     palette = mask_palette(model.num_classes)
-    records = []
-    for window in windows(itertools.chain([first], seconds), model.clip_frames):
-        begin, end = window[0][0], window[-1][0] + 1
-        frames = torch.stack([model.frame_tensor(Image.fromarray(image)) for *_, image in window])
-        logits = model(frames, window_examples(reader.audio, begin, end))["logits"]  # [T, K, S, S]
-        logits = F.interpolate(
-            logits.float(), size=(height, width), mode="bilinear", align_corners=False
-        )
-        for (second, index, image), frame_logits in zip(window, logits.cpu(), strict=True):
-            mask, record = read_logits(frame_logits, model, threshold)
-            save_mask(output / "masks" / f"frame_{second + 1:04d}.png", mask, palette,
-                      model.num_classes)  # fmt: skip
-            video.add(overlay(image, mask, palette))
-            frame = {"frame": second + 1, "time_s": round(index / reader.fps, 4)}
-            records.append(frame | {"source_frame_index": index} | record)
-        log.info("Seconds %d-%d done", begin + 1, end)
-    video.close(reader.audio[: len(records) * SAMPLE_RATE])
-    summary = {
+    records: list[dict] = []
+    written: list[Path] = []
+    try:
+        for window in windows(itertools.chain([first], seconds), model.clip_frames):
+            begin, end = window[0][0], window[-1][0] + 1
+            frames = torch.stack([model.frame_tensor(Image.fromarray(image))
+                                  for *_, image in window])  # fmt: skip
+            audio = window_examples(reader.audio, begin, end)
+            logits = model(frames, audio)["logits"].float()  # [T, K, S, S]
+            check_finite(logits, window, reader, model, output)
+            logits = F.interpolate(logits, size=(height, width), mode="bilinear",
+                                   align_corners=False)  # fmt: skip
+            for (second, index, image), frame_logits in zip(window, logits.cpu(), strict=True):
+                mask, record = read_logits(frame_logits, model, threshold)
+                written.append(output / "masks" / f"frame_{second + 1:04d}.png")
+                save_mask(written[-1], mask, palette, model.num_classes)
+                video.add(overlay(image, mask, palette))
+                frame = {"frame": second + 1, "time_s": round(index / reader.fps, 4)}
+                records.append(frame | {"source_frame_index": index} | record)
+            log.info("Seconds %d-%d done", begin + 1, end)
+        video.close(reader.audio[: len(records) * SAMPLE_RATE])
+        write_predictions(output / "predictions.json", summary(reader, model, records, threshold))
+    except BaseException:
+        # Half a prediction beside nothing to say so is worse than none; output was empty.
+        video.discard()
+        for path in written:
+            path.unlink(missing_ok=True)
+        for folder in made:
+            with contextlib.suppress(OSError):  # not empty: something else wrote into it
+                folder.rmdir()
+        raise
+    return {
+        "video": output / "overlay.mp4",
+        "masks": output / "masks",
+        "json": output / "predictions.json",
+    }
+
+
+def summary(
+    reader: VideoReader, model: TrainedModel, records: list[dict], threshold: float
+) -> dict:
+    """``predictions.json``'s content."""
+    return {
         "input": str(reader.path.resolve()),
         "checkpoint": str(model.checkpoint.resolve()),
         "task": model.task,
@@ -279,13 +468,6 @@ def predict(
         "window_seconds": model.clip_frames,
         "threshold": threshold,
         "frames": records,
-    }
-    with atomic_path(output / "predictions.json") as partial:
-        partial.write_text(json.dumps(summary, indent=2) + "\n")
-    return {
-        "video": output / "overlay.mp4",
-        "masks": output / "masks",
-        "json": output / "predictions.json",
     }
 
 
@@ -300,17 +482,36 @@ def run(cfg: DictConfig) -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     files = predict(
         cfg.ckpt_path, cfg.input, cfg.output, config=cfg.get("config"), task=cfg.get("task"),
-        threshold=cfg.threshold, device=device,
+        threshold=cfg.threshold, device=device, own=hydra_record(Path(cfg.output)),
     )  # fmt: skip
     for kind, path in files.items():
         log.info("%s: %s", kind, path)
 
 
+def hydra_record(output: Path) -> tuple[str, ...]:
+    """The names Hydra wrote into ``output`` for this command (``.hydra/``, ``predict.log``) when
+    ``output`` is its run directory (the default: ``hydra.run.dir=${output}``), else none. They
+    are this run's own: :func:`check_output_argument` found the directory empty before Hydra
+    started."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ()
+    hydra_cfg = HydraConfig.get()
+    if Path(hydra_cfg.runtime.output_dir).resolve() != output.resolve():
+        return ()
+    log_file = OmegaConf.select(hydra_cfg, "job_logging.handlers.file.filename")
+    names = (hydra_cfg.output_subdir, Path(log_file).name if log_file else None)
+    return tuple(name for name in names if name)
+
+
 def check_output_argument(arguments: list[str]) -> None:
-    """Hydra logs into ``output`` before the task starts; one that cannot be a directory would
-    fail there with "Unable to configure handler 'file'" and no path."""
+    """Check ``output`` before Hydra starts: Hydra logs into it first, so one that cannot be a
+    directory would fail there with "Unable to configure handler 'file'" and no path, and one
+    already used would get this run's log appended to the earlier run's before predict could
+    refuse it."""
     for argument in arguments:
-        if argument.startswith("output="):
+        if argument.lstrip("+").startswith("output="):
             output = Path(argument.split("=", 1)[1]).expanduser()
             existing = next(path for path in (output, *output.parents) if path.exists())
             if not existing.is_dir() or not os.access(existing, os.W_OK):
@@ -318,6 +519,10 @@ def check_output_argument(arguments: list[str]) -> None:
                     f"avsac_lit.predict: output={output} cannot be written: {existing} is not a "
                     "writable directory. Pass a directory you can write to (it is created)."
                 )
+            try:
+                check_output(output)
+            except OutputInUseError as error:
+                raise SystemExit(f"avsac_lit.predict: {error}") from None
 
 
 def main() -> None:

@@ -79,9 +79,16 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 def write_metrics(path: Path, metrics: dict[str, float], **extra: Any) -> None:
     """``metrics.json``: final metrics plus run facts, for tools that read results without a
     logger (the report of the paper tables, scripts). Written whole or not at all."""
+    bad = [name for name, value in metrics.items() if value is None or not math.isfinite(value)]
+    if bad:
+        raise ValueError(
+            f"Not writing {path}: {', '.join(sorted(bad))} is not a finite number (a NaN or "
+            "infinity in the run's results). The validation and test steps stop on one, naming "
+            "the clips; this one came from elsewhere: report it with the run's train.log."
+        )
     record = {"metrics": dict(sorted(metrics.items())), **extra}
     with atomic_path(path) as partial:
-        partial.write_text(json.dumps(record, indent=2) + "\n")
+        partial.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
     log.info("Metrics written to %s", path)
 
 

@@ -47,6 +47,14 @@ FRAMES_PER_EXAMPLE = round(EXAMPLE_WINDOW_SECONDS / STFT_HOP_SECONDS)  # 96 fram
 EXAMPLE_HOP_FRAMES = round(EXAMPLE_HOP_SECONDS / STFT_HOP_SECONDS)  # 96 frames
 
 _EXPECTED_WAV = "Expected a PCM WAV file readable by libsndfile"
+# An empty wav is usually an extraction that failed (no audio stream, a full disk): say how to
+# make it again. The loaders need one VGGish example (0.975 s) at least, and pad a short clip by
+# repeating its last example; AVSBench clips have 5 s (S4, MS3) or 10 s (AVSS), a second a frame.
+_REEXTRACT_WAV = (
+    "Expected 16 kHz PCM audio of the whole clip: at least 0.975 s (one VGGish example), and "
+    "one second per video frame as AVSBench has (5 s for S4/MS3, 10 s for AVSS). Re-extract it "
+    "from the clip's video, e.g. ffmpeg -i VIDEO -vn -ac 1 -ar 16000 -c:a pcm_s16le {path}"
+)
 
 
 def frame(data: np.ndarray, window_length: int, hop_length: int) -> np.ndarray:
@@ -180,15 +188,26 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not audio that libsndfile can read.
+        ValueError: the file is not audio that libsndfile can read, or holds no samples (0 bytes,
+            or a header only): the front end's own error would not name the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Missing audio file: {path}. {_EXPECTED_WAV}.")
+    if path.stat().st_size == 0:
+        raise ValueError(
+            f"Audio file {path} is empty (0 bytes): it holds no audio samples. "
+            + _REEXTRACT_WAV.format(path=path)
+        )
     try:
         samples, sample_rate = soundfile.read(path, dtype="int16")
     except (RuntimeError, soundfile.LibsndfileError) as error:
         raise ValueError(f"Cannot read audio file {path}: {error}. {_EXPECTED_WAV}.") from error
+    if samples.size == 0:
+        raise ValueError(
+            f"Audio file {path} has a WAV header but no audio samples. "
+            + _REEXTRACT_WAV.format(path=path)
+        )
     return samples / 32768.0, int(sample_rate)
 
 

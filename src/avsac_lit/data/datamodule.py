@@ -90,10 +90,15 @@ class AVSDataModule(L.LightningDataModule):
     def check_root(self) -> None:
         """Fail early, before any model is built, on a root that is not an AVSBench copy (a
         synthetic root may not exist yet: ``prepare_data`` generates it)."""
-        if self.hparams.synthetic is None:
-            resolve_root(self.hparams.task, self.hparams.root)
-        else:
-            check_not_another_task(self.hparams.task, self.hparams.root)
+        hp = self.hparams
+        if hp.synthetic is None:
+            resolve_root(hp.task, hp.root)
+            return
+        check_not_another_task(hp.task, hp.root)
+        if not _has_synthetic_tree(hp.root, hp.task, hp.synthetic):
+            from avsac_lit.data.synthetic import check_output
+
+            check_output(Path(hp.root))  # never generated over a user's data
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
@@ -172,4 +177,10 @@ def _has_synthetic_tree(root: str | Path, task: str, settings: dict[str, Any]) -
         return False
     manifest = json.loads(manifest_path.read_text())
     recorded = manifest.get("settings", {})
-    return manifest.get("task") == task and all(recorded.get(k) == v for k, v in settings.items())
+    # A generation killed midway leaves its first manifest, marked incomplete.
+    complete = manifest.get("complete", "splits" in manifest)
+    return (
+        complete
+        and manifest.get("task") == task
+        and all(recorded.get(k) == v for k, v in settings.items())
+    )

@@ -24,17 +24,49 @@ def image_size(path: Path) -> tuple[int, int]:
         return image.size
 
 
-def open_image(path: Path, mode: str) -> Image.Image:
-    """Open ``path`` and convert it to the PIL ``mode``, with errors that name the file."""
+def open_image(path: Path, mode: str | None) -> Image.Image:
+    """Open ``path`` and convert it to the PIL ``mode`` (None: keep the stored one), with errors
+    that name the file. A 16-bit greyscale image converted to "RGB" or "L" keeps its brightness
+    (see :func:`eight_bit`): PIL's own conversion clips it, which turns most of it white."""
     if not path.is_file():
         raise FileNotFoundError(f"Missing file: {path}")
     try:
         with Image.open(path) as image:
+            if mode is None:
+                image.load()
+                return image.copy()
+            if mode in ("RGB", "L"):
+                return eight_bit(image, path).convert(mode)
             return image.convert(mode)
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(
             f"Cannot read image {path}: {error}. Expected a PNG or JPEG file."
         ) from error
+
+
+# PIL's modes for one-channel integer images; a 16-bit greyscale PNG opens as "I;16" (older
+# PIL: "I"), a big-endian TIFF as "I;16B".
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def eight_bit(image: Image.Image, path: Path | None = None) -> Image.Image:
+    """A 16-bit greyscale image as 8-bit "L" at the same brightness, other images unchanged.
+
+    Values are scaled by 255 / 65535 and rounded (``round(v / 257)``), so the 16-bit copy of an
+    8-bit frame (``v * 257``) reads back exactly as that frame. Mode "I" is read as 16-bit too:
+    that is what PNG stores in it, and what older PIL opens a 16-bit PNG as.
+    """
+    if image.mode not in SIXTEEN_BIT_MODES:
+        return image
+    values = np.asarray(image).astype(np.int64)
+    low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+    if low < 0 or high > 65535:
+        raise ValueError(
+            f"Image {path or '(in memory)'} is a one-channel {image.mode} image with values "
+            f"from {low} to {high}, expected 16-bit values (0 to 65535) or an 8-bit image. "
+            "Save the frame as an 8-bit RGB PNG or JPEG (scale its values to 0-255 first)."
+        )
+    return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
 
 
 def resize_or_crop(image: Image.Image, size: int, *, crop: bool, is_mask: bool) -> Image.Image:
@@ -61,8 +93,10 @@ def load_frame(path: Path, size: int, *, crop: bool = False) -> torch.Tensor:
 
 
 def normalised_frame(image: Image.Image) -> torch.Tensor:
-    """An RGB image as an ImageNet-normalised float tensor [3, H, W]."""
-    tensor = TF.to_dtype(TF.pil_to_tensor(image.convert("RGB")), torch.float32, scale=True)
+    """An RGB image as an ImageNet-normalised float tensor [3, H, W]; a 16-bit greyscale one is
+    read at its brightness (:func:`eight_bit`), not clipped to white as ``convert`` would."""
+    rgb = eight_bit(image).convert("RGB")
+    tensor = TF.to_dtype(TF.pil_to_tensor(rgb), torch.float32, scale=True)
     return TF.normalize(tensor, IMAGENET_MEAN, IMAGENET_STD)
 
 
@@ -74,9 +108,11 @@ def load_binary_mask(
     Any non-zero pixel is foreground. The reference code relies on masks stored as exactly 0/255
     (``convert('1')`` or ``/255``); ``> 0`` gives the same result on those and does not silently
     produce fractional targets on masks saved with other values. ``frame_size`` (width, height):
-    the size of the mask's frame, which the mask must have.
+    the size of the mask's frame, which the mask must have. A 16-bit mask is checked on its
+    stored values (0/65535 and 0/1 are binary, as 0/255 is): scaled to 8 bits, 0/1 would become
+    all background; clipped, grey edges above 255 would pass as foreground.
     """
-    image = open_image(path, "L")
+    image = open_image(path, None)
     if frame_size is not None and image.size != tuple(frame_size):
         raise ValueError(
             f"Mask {path} is {image.size[0]} x {image.size[1]} pixels but its frame is "
@@ -84,7 +120,9 @@ def load_binary_mask(
             "stretched onto the frame and mark the wrong pixels. Make the mask from its frame "
             "(the same size), or resize frame and mask alike."
         )
-    check_binary(np.asarray(image), path)
+    values = np.asarray(image if image.mode in SIXTEEN_BIT_MODES else image.convert("L"))
+    check_binary(values, path)
+    image = Image.fromarray(np.where(values > 0, 255, 0).astype(np.uint8))
     image = resize_or_crop(image, size, crop=False, is_mask=True)
     return torch.from_numpy(np.asarray(image) > 0).float()
 
@@ -96,11 +134,17 @@ def check_binary(values: np.ndarray, path: Path) -> None:
     found = np.unique(values)
     if len(found) > 2 or (len(found) == 2 and found[0] != 0):
         shown = ", ".join(map(str, found[:6])) + (", ..." if len(found) > 6 else "")
+        how = (
+            "image.convert('L').point(lambda v: 255 if v >= 128 else 0)"
+            if values.dtype == np.uint8
+            # PIL's convert('L') clips 16-bit values at 255 instead of scaling them.
+            else "Image.fromarray(np.where(np.asarray(image) >= 32768, 255, 0).astype('uint8'))"
+        )
         raise ValueError(
             f"Mask {path} is not binary: it holds {len(found)} grey levels ({shown}); expected "
-            "0 for background and one value (255, as AVSBench stores masks, or 1) for the "
-            "sounding objects. Binarise it, e.g. with PIL: "
-            "image.convert('L').point(lambda v: 255 if v >= 128 else 0)."
+            "0 for background and one value (255, as AVSBench stores masks, 1, or 65535 in a "
+            "16-bit mask) for the "
+            f"sounding objects. Binarise it, e.g. with PIL: {how}."
         )
 
 
@@ -149,6 +193,13 @@ def load_color_label(path: Path, size: int, palette: np.ndarray, *, crop: bool) 
         raise FileNotFoundError(f"Missing file: {path}")
     with Image.open(path) as image:
         mode = image.mode
+    if mode in SIXTEEN_BIT_MODES:
+        # Scaled to 8 bits, small class ids would all read as 0: a silent all-background label.
+        raise ValueError(
+            f"Label {path}: it is a 16-bit one-channel ({mode}) image, probably class ids (like "
+            "labels_semantic/), not a colour label. Colour each class id with the palette "
+            "(class c -> voc_palette(71)[c], in avsac_lit.data.io) and save it as 8-bit RGB."
+        )
     rgb = np.asarray(open_image(path, "RGB"))
     class_ids, in_palette = rgb_to_class_ids(rgb, palette)
     if not in_palette.all():

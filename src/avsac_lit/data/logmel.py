@@ -3,24 +3,29 @@
 AVSS publishes only ``audio.wav``, and an S4/MS3 copy may lack some ``.pkl`` files. The reference
 AVSS code runs the VGGish front end on every batch in the main process; we run it once per wav and
 cache the result, keyed by the wav's absolute path and invalidated when the wav's size or
-modification time changes. The cache lives outside the dataset tree (which may be read-only), in
+modification time changes. Each entry carries the checksum of its tensor: a damaged one is
+computed again. The cache lives outside the dataset tree (which may be read-only), in
 the ``log_mel/`` folder of the suite's cache directory (``paths.cache_dir``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+import logging
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-from avsac_lit.atomic import PARTIAL_SUFFIX, remove_leftovers
+from avsac_lit.atomic import atomic_path, remove_leftovers
 from avsac_lit.data.audio import wav_to_examples
+from avsac_lit.integrity import tensor_checksum
 
-# Bump when the front end's output changes, so that old caches are recomputed.
-FRONTEND_VERSION = 1
+log = logging.getLogger(__name__)
+
+# Bump when the front end's output or the entry's format changes, so that old caches are
+# recomputed (2: entries carry their checksum).
+FRONTEND_VERSION = 2
 
 
 PATHS_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "paths" / "default.yaml"
@@ -45,6 +50,7 @@ class LogMelCache:
     def __init__(self, cache_dir: str | Path | None = None) -> None:
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.cache_dir = root / "log_mel"
+        self.writable = True
 
     def remove_leftovers(self) -> None:
         """Delete what killed writers left here; an hour old, so no live writer's file."""
@@ -63,25 +69,47 @@ class LogMelCache:
         stat = wav_path.stat()
         key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "version": FRONTEND_VERSION}
         cached_path = self.path_for(wav_path)
-        if cached_path.is_file():
-            try:
-                cached = torch.load(cached_path, map_location="cpu", weights_only=True)
-                if cached.get("key") == key:
-                    return cached["examples"]
-            except Exception:  # a torn or stale cache file is simply recomputed
-                pass
+        cached = self.read(cached_path)
+        if cached is not None and cached.get("key") == key:  # else stale: the wav changed
+            return cached["examples"]
         examples = wav_to_examples(wav_path)
-        self._atomic_save(cached_path, {"key": key, "examples": examples})
+        self.write(cached_path, {"key": key, "examples": examples})
         return examples
 
-    @staticmethod
-    def _atomic_save(path: Path, payload: dict) -> None:
-        # Dataloader workers may compute the same wav at once; a rename is atomic, a write is not.
-        # A per-process name: ``atomic_path``'s fixed one would be shared by those writers.
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f"{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+    def read(self, path: Path) -> dict | None:
+        """A cached entry, or None when there is none; a damaged one (torn, changed on disk: its
+        checksum does not match) is logged, deleted and computed again."""
         try:
-            torch.save(payload, temporary)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            return None
+        except Exception as error:
+            return self.damaged(path, f"unreadable ({error})")
+        examples = cached.get("examples") if isinstance(cached, dict) else None
+        if not isinstance(examples, torch.Tensor) or tensor_checksum(examples) != cached.get(
+            "checksum"
+        ):
+            return self.damaged(path, "its checksum does not match its content")
+        return cached
+
+    def damaged(self, path: Path, why: str) -> None:
+        log.warning("Log-mel cache entry %s is damaged: %s. Deleted; it is computed from its wav "
+                    "again.", path, why)  # fmt: skip
+        path.unlink(missing_ok=True)
+
+    def write(self, path: Path, payload: dict) -> None:
+        """Cache an entry; a disk that refuses it turns the cache's writes off, with a warning
+        (dataloader workers may compute the same wav at once: each writes its own temporary
+        file, and the rename is atomic)."""
+        if not self.writable:
+            return
+        payload = payload | {"checksum": tensor_checksum(payload["examples"])}
+        try:
+            with atomic_path(path) as partial, open(partial, "wb") as handle:
+                torch.save(payload, handle)
+        except OSError as error:
+            self.writable = False
+            log.warning("The log-mel cache in %s takes no more entries in this process: %s. The "
+                        "log-mels are computed from the wavs when needed. Free space there, or "
+                        "choose another directory: paths.cache_dir=DIR.", self.cache_dir,
+                        error)  # fmt: skip

@@ -34,12 +34,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from avsac_lit.atomic import atomic_path
 from avsac_lit.data.audio import SAMPLE_RATE, wav_to_examples, write_wav
 from avsac_lit.data.avsbench import METADATA_FILES, TASKS
 from avsac_lit.data.io import save_log_mel_pickle, voc_palette
 from avsac_lit.metrics import AVSSFScore, AVSSMeanIoU, ProtocolFScore, ProtocolJaccard
 
+GENERATOR = "avsac_lit.data.synthetic"
 GENERATOR_VERSION = 1
+MANIFEST = "manifest.json"
 DEFAULT_VIDEOS = {"s4": 300, "ms3": 300, "avss": 300}
 SPLIT_FRACTIONS = (("train", 0.7), ("val", 0.15), ("test", 0.15))
 EMPTY_SECOND_PROBABILITY = 0.1
@@ -504,7 +507,9 @@ def generate(
     Args:
         task: ``s4``, ``ms3`` or ``avss``.
         out: the tree's root (the equivalent of ``Single-source/``, ``Multi-sources/`` or
-            ``AVSBench-semantic/``). Existing files of an earlier generation are overwritten.
+            ``AVSBench-semantic/``): a new or empty directory, or an earlier generation's tree
+            (its files are overwritten). Anything else is refused (:func:`check_output`): it
+            may be a user's real copy of AVSBench.
         videos: number of clips over all splits (70/15/15 %); default 300.
         seed: the whole tree is a function of (task, videos, seed, size).
         size: frame height in pixels (AVSBench's frames are 224 x 224; AVSS ones are 4:3).
@@ -517,8 +522,15 @@ def generate(
     if size < 32:
         raise ValueError(f"--size must be at least 32 pixels, got {size}.")
     out = Path(out)
+    check_output(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    settings = {"videos": videos, "seed": seed, "size": size}
+    # Written first, so that a generation killed midway leaves a tree marked as its own (to be
+    # generated again over), and never one that looks complete.
+    marker = {"generator": GENERATOR, "version": GENERATOR_VERSION, "task": task,
+              "settings": settings, "complete": False}  # fmt: skip
+    write_manifest(out, marker)
     writer = _Writer(task, out)
     stats: dict[str, dict[str, int]] = {}
     for index, split, label in _clip_plan(task, videos, seed):
@@ -533,10 +545,11 @@ def generate(
     writer.write_metadata()
     scores = writer.scores()
     manifest = {
-        "generator": "avsac_lit.data.synthetic",
+        "generator": GENERATOR,
         "version": GENERATOR_VERSION,
         "task": task,
-        "settings": {"videos": videos, "seed": seed, "size": size},
+        "settings": settings,
+        "complete": True,
         "categories": [asdict(c) for c in CATEGORIES],
         "splits": {
             split: stats[split] | {"reference_scores": scores[split]}
@@ -544,9 +557,46 @@ def generate(
             if split in stats
         },
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(out, manifest)
     manifest["seconds"] = round(time.perf_counter() - started, 1)
     return manifest
+
+
+def write_manifest(out: Path, manifest: dict) -> None:
+    with atomic_path(out / MANIFEST) as partial:
+        partial.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def is_generated_tree(root: Path) -> bool:
+    """Whether ``root`` holds a manifest this generator wrote (complete or not)."""
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("generator") == GENERATOR
+
+
+def check_output(out: Path) -> None:
+    """The generator writes only into a new or empty directory, or over a tree it generated:
+    anywhere else it could overwrite a user's dataset (its metadata CSV, its frames)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(
+            f"Cannot generate SynthAVS into {out}: it is a file. Choose a new or empty "
+            "directory: data.root=DIR, or --out DIR for python -m avsac_lit.data.synthetic."
+        )
+    if is_generated_tree(out) or next(out.iterdir(), None) is None:
+        return
+    shown = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+    raise FileExistsError(
+        f"Refusing to generate SynthAVS into {out}: it is not empty ({shown}, ...) and holds no "
+        f"{MANIFEST} written by the generator, so it may be a real dataset, whose files the "
+        "synthetic ones would overwrite. Nothing was written. Choose a new or empty directory: "
+        "data.root=DIR (the synthetic experiments), or --out DIR for python -m "
+        "avsac_lit.data.synthetic; to train on this directory's data, use the task's real "
+        "experiment (+experiment=ms3 data.root=...)."
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -564,7 +614,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         manifest = generate(args.task, args.out, args.videos, args.seed, args.size)
-    except ValueError as error:
+    except (ValueError, FileExistsError) as error:
         parser.error(str(error))
     from avsac_lit.data.check import print_manifest
 
