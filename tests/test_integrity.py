@@ -308,3 +308,18 @@ def test_a_training_run_on_a_full_disk_ends_with_the_named_error(synth_trees, tm
         with pytest.raises(DiskWriteError, match=r"Cannot write .*: the disk of .* is full"):
             train(cfg)
         assert not list(disk.rglob("*.partial"))
+
+
+@needs_root
+def test_predict_on_a_full_disk_names_it_and_leaves_nothing_half_written(trained_runs, tmp_path):
+    from avsac_lit.predict import predict
+    from tests.test_predict import encode, synthetic_video
+
+    frames, audio = synthetic_video(trained_runs.parent / "data", seconds=7)
+    video = encode(tmp_path / "clip.mp4", frames, audio)
+    with mounted("-t", "tmpfs", "-o", "size=16k", "tmpfs", target=tmp_path / "tiny") as disk:
+        output = disk / "predicted"
+        with pytest.raises(DiskWriteError, match=r"Cannot write .*predicted.*: the disk of .* is "
+                           r"full \(.*\)\. .*output="):  # fmt: skip
+            predict(trained_runs / "0" / "checkpoints" / "last.ckpt", video, output)
+        assert not output.exists() or not list(output.rglob("*.*"))

@@ -365,3 +365,10 @@ def test_predictions_json_never_holds_a_non_finite_number(tmp_path):
     assert not path.exists()
     write_predictions(path, {"frames": [{"max_score": 0.5, "class": "dog"}]})
     assert json.loads(path.read_text()) == {"frames": [{"max_score": 0.5, "class": "dog"}]}
+
+
+def test_predict_of_a_bare_state_dict_says_what_to_pass(tmp_path):
+    torch.save({"head.to_mask.0.weight": torch.zeros(1, 4, 1, 1)}, tmp_path / "bare.pth")
+    with pytest.raises(ValueError, match=r"bare\.pth is not a Lightning checkpoint .* "
+                       r"python -m avsac_lit\.convert"):  # fmt: skip
+        predict(tmp_path / "bare.pth", tmp_path / "clip.mp4", tmp_path / "out")

@@ -88,6 +88,20 @@ def refused_by_disk(error: BaseException, directory: Path) -> int | None:
     return None
 
 
+def disk_write_error(error: BaseException, advice: str | None = None) -> DiskWriteError | None:
+    """``error`` as a :class:`DiskWriteError` when the disk refused a write, else None."""
+    if isinstance(error, DiskWriteError):
+        return error.with_advice(advice) if advice else error
+    if not isinstance(error, OSError | RuntimeError):
+        return None
+    filename = getattr(error, "filename", None)
+    kind = refused_by_disk(error, Path(filename).parent if filename else Path.cwd())
+    if kind is None:
+        return None
+    path = Path(filename) if filename else Path.cwd() / "?"
+    return DiskWriteError(kind, path, advice=advice)
+
+
 def nearest_existing(path: Path) -> Path:
     path = path.absolute()
     while not path.exists() and path != path.parent:
@@ -117,7 +131,11 @@ class DiskWriteError(OSError):
             why = f"the disk of {directory} is full ({megabytes(free)} free; {need})"
         message = f"Cannot write {path}: {why}. {last_good_checkpoint()} {advice or run_advice()}"
         super().__init__(kind, message)
-        self.path = Path(path)
+        self.path, self.needed = Path(path), needed
+
+    def with_advice(self, advice: str) -> DiskWriteError:
+        """The same error, with a command's own way on (predict's ``output=``)."""
+        return DiskWriteError(self.errno, self.path, self.needed, advice)
 
     def __str__(self) -> str:
         return self.strerror

@@ -100,7 +100,14 @@ def load_trained(
     ckpt_path = existing_checkpoint(ckpt_path)
     checkpoint = read_checkpoint(ckpt_path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(f"{ckpt_path} is not a Lightning checkpoint (no state_dict).")
+        raise ValueError(
+            f"{ckpt_path} is not a Lightning checkpoint (no state_dict): a bare state dict has no "
+            "run config to rebuild its model from. Pass a checkpoint avsac_lit.train wrote "
+            "(logs/train/runs/<time>/checkpoints/last.ckpt, or the best, epoch_*.ckpt); a "
+            "published AVSegFormer file is converted first: python -m avsac_lit.convert "
+            f"+experiment=<s4|ms3|avss> backbone=<pvt_v2_b5|resnet50> source={ckpt_path} "
+            "output=CONVERTED.ckpt."
+        )
     saved = checkpoint.get("avsac_lit") or {}
     cfg = run_config(ckpt_path, saved.get("config"), config)
     trained_task = str(cfg.data.task)

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from avsac_lit.atomic import DiskWriteError, refused_by_disk
+from avsac_lit.atomic import disk_write_error
 from avsac_lit.resume import RunStopped, exit_stopped
 
 log = logging.getLogger(__name__)
@@ -49,19 +49,6 @@ def task_wrapper(task: Callable[[DictConfig], dict]) -> Callable[[DictConfig], d
             finish_wandb()
 
     return wrapped
-
-
-def disk_write_error(error: BaseException) -> DiskWriteError | None:
-    """``error`` as a :class:`DiskWriteError` when the disk refused a write, else None."""
-    if isinstance(error, DiskWriteError):
-        return error
-    if not isinstance(error, OSError | RuntimeError):
-        return None
-    filename = getattr(error, "filename", None)
-    kind = refused_by_disk(error, Path(filename).parent if filename else Path.cwd())
-    if kind is None:
-        return None
-    return DiskWriteError(kind, Path(filename) if filename else Path.cwd() / "?")
 
 
 def finish_wandb() -> None:

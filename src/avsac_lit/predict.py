@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from avsac_lit.atomic import PARTIAL_SUFFIX, atomic_path
+from avsac_lit.atomic import PARTIAL_SUFFIX, atomic_path, disk_write_error
 from avsac_lit.build import CONFIG_PATH, refuse_overrides
 from avsac_lit.checkpoint import TrainedModel, load_trained
 from avsac_lit.data.audio import SAMPLE_RATE, waveform_to_examples
@@ -297,8 +297,9 @@ class OverlayVideo:
         # Closing writes the trailer, which an unfinished stream may refuse; the file goes anyway.
         with contextlib.suppress(av.error.FFmpegError, OSError, ValueError):
             self.container.close()
-        self.partial.unlink(missing_ok=True)
-        self.path.unlink(missing_ok=True)
+        for path in (self.partial, self.path):
+            with contextlib.suppress(OSError):  # gone, or on a read-only disk
+                path.unlink(missing_ok=True)
 
 
 def check_finite(
@@ -414,11 +415,12 @@ def predict(
     made = [folder for folder in (output / "masks", output) if not folder.exists()]
     (output / "masks").mkdir(parents=True, exist_ok=True)
     height, width = first[2].shape[:2]
-    video = OverlayVideo(output / "overlay.mp4", height, width)
     palette = mask_palette(model.num_classes)
     records: list[dict] = []
     written: list[Path] = []
+    video = None
     try:
+        video = OverlayVideo(output / "overlay.mp4", height, width)
         for window in windows(itertools.chain([first], seconds), model.clip_frames):
             begin, end = window[0][0], window[-1][0] + 1
             frames = torch.stack([model.frame_tensor(Image.fromarray(image))
@@ -438,15 +440,20 @@ def predict(
             log.info("Seconds %d-%d done", begin + 1, end)
         video.close(reader.audio[: len(records) * SAMPLE_RATE])
         write_predictions(output / "predictions.json", summary(reader, model, records, threshold))
-    except BaseException:
+    except BaseException as error:
         # Half a prediction beside nothing to say so is worse than none; output was empty.
-        video.discard()
+        if video is not None:
+            video.discard()
         for path in written:
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # gone, or on a read-only disk
+                path.unlink(missing_ok=True)
         for folder in made:
             with contextlib.suppress(OSError):  # not empty: something else wrote into it
                 folder.rmdir()
-        raise
+        named = disk_write_error(error, advice=OUTPUT_ADVICE)
+        if named is None or named is error:
+            raise
+        raise named from error
     return {
         "video": output / "overlay.mp4",
         "masks": output / "masks",
@@ -470,6 +477,8 @@ def summary(
         "frames": records,
     }
 
+
+OUTPUT_ADVICE = "Free space there, or pass another output= (a new or empty directory)."
 
 # What the command line may set; the model comes from the checkpoint.
 SETTINGS = ("ckpt_path", "input", "output", "config", "task", "threshold", "device", "hydra")
