@@ -44,16 +44,23 @@ def tensor_checksum(tensor: Tensor) -> int:
     return crc32(header, memoryview(data.view(torch.uint8).numpy()))
 
 
-def tensors(tree: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
-    """Every tensor in nested dicts, lists and tuples, with its path (``a/b/0/c``), in order."""
-    if isinstance(tree, Tensor):
-        yield prefix, tree
-    elif isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from tensors(value, f"{prefix}/{key}" if prefix else str(key))
+def leaves(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every value in nested dicts, lists and tuples that is none of those, with its path
+    (``a/b/0/c``), in order."""
+    if isinstance(tree, dict):
+        items = tree.items()
     elif isinstance(tree, list | tuple):
-        for index, value in enumerate(tree):
-            yield from tensors(value, f"{prefix}/{index}" if prefix else str(index))
+        items = enumerate(tree)
+    else:
+        yield prefix, tree
+        return
+    for key, value in items:
+        yield from leaves(value, f"{prefix}/{key}" if prefix else str(key))
+
+
+def tensors(tree: Any) -> Iterator[tuple[str, Tensor]]:
+    """Every tensor in nested dicts, lists and tuples, with its path, in order."""
+    return ((path, leaf) for path, leaf in leaves(tree) if isinstance(leaf, Tensor))
 
 
 def checkpoint_checksums(checkpoint: dict) -> dict[str, int]:

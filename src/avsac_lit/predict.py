@@ -53,6 +53,7 @@ from avsac_lit.atomic import PARTIAL_SUFFIX, atomic_path, disk_write_error
 from avsac_lit.build import CONFIG_PATH, refuse_overrides
 from avsac_lit.checkpoint import TrainedModel, load_trained
 from avsac_lit.data.audio import SAMPLE_RATE, waveform_to_examples
+from avsac_lit.integrity import leaves
 from avsac_lit.viz import mask_palette, overlay, predicted_masks
 
 log = logging.getLogger(__name__)
@@ -338,16 +339,11 @@ def check_finite(
     )
 
 
-def non_numbers(tree: object, where: str = "") -> Iterator[tuple[str, object]]:
+def non_numbers(tree: object) -> Iterator[tuple[str, object]]:
     """(place, value) of every NaN, infinity or None in nested dicts and lists."""
-    if tree is None or (isinstance(tree, float) and not math.isfinite(tree)):
-        yield where, tree
-    elif isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from non_numbers(value, f"{where}/{key}" if where else str(key))
-    elif isinstance(tree, list | tuple):
-        for number, value in enumerate(tree):
-            yield from non_numbers(value, f"{where}/{number}" if where else str(number))
+    for where, value in leaves(tree):
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            yield where, value
 
 
 def write_predictions(path: Path, summary: dict) -> None:
