@@ -242,3 +242,67 @@ def test_the_audio_share_of_the_tested_checkpoint_is_a_column(trained_runs):
     mean_column = next(c for c in columns if "mean" in c)
     assert float(rows[0][mean_column]) == pytest.approx(statistics.fmean(shares), abs=1e-4)
     assert "the audio share from 0 to 1" in files["markdown"].read_text()
+
+
+def test_the_claims_section_pairs_rows_by_seed_and_gives_verdicts(tmp_path):
+    """Three rows x three seeds with known mIoU: each claim's paired difference, interval and
+    verdict by hand, in report.md, report.csv and the claims chart."""
+    paper = {
+        "Baseline": {"ms3": {"f": 60.0, "miou": 50.0}},
+        "BAVD only": {"ms3": {"f": 70.0, "miou": 63.0}},
+        "AVSAC (ours)": {"ms3": {"f": 71.0, "miou": 64.0}},
+    }
+    miou = {  # percent, per seed
+        "Baseline": {1: 40.0, 2: 42.0, 3: 41.0},
+        "BAVD only": {1: 71.0, 2: 67.0, 3: 66.7},
+        "AVSAC (ours)": {1: 70.1, 2: 64.9, 3: 63.3},
+    }
+    for index, (row, seed) in enumerate(itertools.product(miou, (1, 2, 3))):
+        run = tmp_path / str(index)
+        (run / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create([f"setting={row}", f"seed={seed}"]),
+                       run / ".hydra/overrides.yaml")  # fmt: skip
+        config = {"seed": seed, "data": {"task": "ms3", "synthetic": None},
+                  "report": {"row": row, "paper": paper}}  # fmt: skip
+        OmegaConf.save(OmegaConf.create(config), run / "config.yaml")
+        value = miou[row][seed] / 100
+        metrics = {"test/miou": value, "test/f": value, "test_shuffled/miou": value - 0.1 * seed}
+        record = {"metrics": metrics, "task": "ms3", "seed": seed}
+        (run / "metrics.json").write_text(json.dumps(record))
+    files = report(tmp_path)
+    text = files["markdown"].read_text()
+    # Against the baseline: differences 30.1, 22.9, 22.3 -> mean 25.1, sd 4.3405, half-width
+    # 4.3027 * 4.3405 / sqrt(3) = 10.782: [14.32, 35.88], wholly above 0 as the paper says.
+    assert ("| AVSAC (ours) > Baseline | MS3 | mIoU | +14.00 | +25.10 | [+14.32, +35.88] | 3 | "
+            "supported |") in text  # fmt: skip
+    # Against BAVD only: -0.9, -2.1, -3.4 -> mean -2.13, [-5.24, +0.97]: spans 0.
+    assert ("| AVSAC (ours) > BAVD only | MS3 | mIoU | +1.00 | -2.13 | [-5.24, +0.97] | 3 | "
+            "unresolved (resolvable: ±3.11) |") in text  # fmt: skip
+    # The listening gap is the same (10 * seed points) in every row: a difference of 0.
+    assert "| Baseline | MS3 | listening gap (mIoU, true - shuffled audio) | +0.00 |" in text
+    with files["csv"].open() as handle:
+        rows = {line["setting"]: line for line in csv.DictReader(handle)}
+    name = "MS3 mIoU: AVSAC (ours) - row"
+    assert rows["Baseline"][f"{name} verdict"] == "supported"
+    assert float(rows["BAVD only"][f"{name} ci low"]) == pytest.approx(-5.2393, abs=1e-4)
+    assert rows["AVSAC (ours)"][f"{name} n"] == "0"  # no difference with itself
+    assert Image.open(files["claims"]).size[0] > 0
+
+
+def test_a_contradicted_claim_and_a_named_reference_row(tmp_path):
+    paper = {"A": {"s4": {"miou": 80.0}}, "B": {"s4": {"miou": 70.0}}}
+    values = {"A": {1: 50.0, 2: 51.0, 3: 52.0}, "B": {1: 60.0, 2: 60.5, 3: 62.0}}
+    for index, (row, seed) in enumerate(itertools.product(values, (1, 2, 3))):
+        run = tmp_path / str(index)
+        (run / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create([f"row={row}", f"seed={seed}"]),
+                       run / ".hydra/overrides.yaml")  # fmt: skip
+        config = {"seed": seed, "data": {"task": "s4", "synthetic": None},
+                  "report": {"row": row, "paper": paper, "reference": "A"}}  # fmt: skip
+        OmegaConf.save(OmegaConf.create(config), run / "config.yaml")
+        value = values[row][seed] / 100
+        record = {"metrics": {"test/miou": value, "test/f": value}, "task": "s4", "seed": seed}
+        (run / "metrics.json").write_text(json.dumps(record))
+    text = report(tmp_path)["markdown"].read_text()
+    # -10, -9.5, -10 -> mean -9.83, sd 0.2887, half-width 0.717: wholly below 0, the paper +10.
+    assert "| A > B | S4 | mIoU | +10.00 | -9.83 | [-10.55, -9.12] | 3 | contradicted |" in text

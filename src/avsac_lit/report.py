@@ -10,7 +10,11 @@ Reads what every run of a multirun leaves in its directory, with no logger neede
   (commands, commits, hardware, wall time);
 * ``report.csv``: the same table, one column per number;
 * ``report_<metric>.png``: a bar chart per metric, with the seeds' spread as error bars and the
-  paper's values as markers.
+  paper's values as markers;
+* with a row to compare against ("(ours)", or the recipe's ``report.reference``): a "Claims"
+  section in ``report.md``, each other row paired with it seed by seed (:mod:`avsac_lit.paired`:
+  mean difference, 95 % interval, n, and the verdict on the order the paper's numbers claim),
+  the same per row in ``report.csv``, and ``report_claims.png``.
 
 Rows are labelled by the recipe (``report.row`` in the config, set by the settings,
 ``avsac_lit/conf/setting/*.yaml``, and the table recipes); a multirun without one gets labels from
@@ -36,6 +40,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from avsac_lit.atomic import atomic_path
 from avsac_lit.counterfactual import reference_scores
+from avsac_lit.paired import (
+    CONTRADICTED,
+    SUPPORTED,
+    UNRESOLVED,
+    PairedDifference,
+    paired_difference,
+    verdict,
+)
 
 # The paper's columns, in percent, and the suite's own when the runs have them.
 PAPER_METRICS = {"test/f": "F", "test/miou": "mIoU"}
@@ -46,6 +58,10 @@ EXTRA_METRICS = {
     "val/audio_share": "audio share (val, last epoch)",
 }
 PERCENT_SUFFIXES = ("/f", "/miou", "/f_pooled", "/miou_best")
+# Compared pairwise between rows, though not columns of the table: how much a row listens.
+LISTENING_GAP = "gap/miou"
+PAIRED_ONLY = {LISTENING_GAP: "listening gap (mIoU, true - shuffled audio)",
+               "test/audio_share": "audio share"}  # fmt: skip
 ERROR_LINE = re.compile(r"\b\w*(Error|Exception|Interrupt)\b.*")
 
 
@@ -104,7 +120,8 @@ def scale(metric: str) -> float:
 
 
 def label_of(metric: str) -> str:
-    return PAPER_METRICS.get(metric) or EXTRA_METRICS.get(metric) or metric
+    return (PAPER_METRICS.get(metric) or EXTRA_METRICS.get(metric) or PAIRED_ONLY.get(metric)
+            or metric)  # fmt: skip
 
 
 def read_run(path: Path) -> Run:
@@ -228,6 +245,9 @@ class Table:
     paper: dict
     seeds: dict[str, set]
     references: list[str] = field(default_factory=list)  # rows that are no runs
+    # (row, column, metric) -> {seed: value}: what paired comparisons read.
+    by_seed: dict[tuple[str, str, str], dict] = field(default_factory=dict)
+    ours: str | None = None  # the row every other is compared with
 
     def paper_value(self, row: str, task: str, metric: str) -> float | None:
         if metric not in PAPER_METRICS:
@@ -261,6 +281,7 @@ def build_table(runs: list[Run], metrics: Sequence[str]) -> Table:
     rows: list[str] = []
     columns: list[tuple[str, str]] = []
     cells: dict[tuple[str, str, str], Cell] = {}
+    by_seed: dict[tuple[str, str, str], dict] = {}
     seeds: dict[str, set] = {}
     for run in finished:
         row = labels[run.path]
@@ -268,11 +289,15 @@ def build_table(runs: list[Run], metrics: Sequence[str]) -> Table:
             rows.append(row)
         if (run.column, run.task) not in columns:
             columns.append((run.column, run.task))
-        seeds.setdefault(row, set()).add(run.select("seed", (run.record or {}).get("seed")))
-        for metric in metrics:
-            if metric in run.metrics:
-                cell = cells.setdefault((row, run.column, metric), Cell())
-                cell.values.append(run.metrics[metric] * scale(metric))
+        seed = run.select("seed", (run.record or {}).get("seed"))
+        seeds.setdefault(row, set()).add(seed)
+        for metric in dict.fromkeys([*metrics, *PAIRED_ONLY]):
+            value = metric_value(run.metrics, metric)
+            if value is None:
+                continue
+            if metric in metrics:
+                cells.setdefault((row, run.column, metric), Cell()).values.append(value)
+            by_seed.setdefault((row, run.column, metric), {})[seed] = value
     first = finished[0]
     title = first.select("report.title") or first.select("group") or "Multirun"
     paper = first.select("report.paper") or {}
@@ -281,9 +306,33 @@ def build_table(runs: list[Run], metrics: Sequence[str]) -> Table:
     paper_order = {row: index for index, row in enumerate(paper)}
     rows.sort(key=lambda row: paper_order.get(row, len(paper_order)))
     table = Table(title=str(title), rows=rows, columns=columns, metrics=list(metrics),
-                  cells=cells, paper=paper, seeds=seeds)  # fmt: skip
+                  cells=cells, paper=paper, seeds=seeds, by_seed=by_seed,
+                  ours=reference_row(first, rows))  # fmt: skip
     add_vision_only_reference(table, finished)
     return table
+
+
+def metric_value(metrics: dict[str, float], metric: str) -> float | None:
+    """A run's value of ``metric`` on the report's scale (percent for F and mIoU); the listening
+    gap is computed from the true and shuffled mIoU."""
+    if metric == LISTENING_GAP:
+        true, shuffled = metrics.get("test/miou"), metrics.get("test_shuffled/miou")
+        return None if true is None or shuffled is None else 100.0 * (true - shuffled)
+    value = metrics.get(metric)
+    return None if value is None else value * scale(metric)
+
+
+def reference_row(run: Run, rows: list[str]) -> str | None:
+    """The row the others are compared with: the recipe's ``report.reference``, else the row
+    marked "(ours)"."""
+    named = run.select("report.reference")
+    if named is not None:
+        if named not in rows:
+            raise ReportError(f"report.reference={named!r} is no row of this table "
+                              f"({', '.join(rows)}).")  # fmt: skip
+        return str(named)
+    ours = [row for row in rows if "(ours)" in row]
+    return ours[0] if len(ours) == 1 else None
 
 
 def add_vision_only_reference(table: Table, runs: list[Run]) -> None:
@@ -307,6 +356,142 @@ def add_vision_only_reference(table: Table, runs: list[Run]) -> None:
             table.rows.append(row)
             table.references.append(row)
             table.seeds[row] = set()
+
+
+@dataclass
+class Comparison:
+    """A row against the table's own (``Table.ours``) in one column and metric, paired by seed;
+    ``paper_difference``: ours - row in the paper's numbers (None: no claim)."""
+
+    row: str
+    column: str
+    task: str
+    metric: str
+    difference: PairedDifference
+    paper_difference: float | None
+
+    @property
+    def verdict(self) -> str | None:
+        if self.paper_difference is None:
+            return None
+        return verdict(self.difference, self.paper_difference)
+
+    def claim(self, ours: str) -> str:
+        order = ">" if (self.paper_difference or 0) > 0 else "<" if self.paper_difference else "="
+        return f"{ours} {order} {self.row}"
+
+
+def comparisons(table: Table) -> list[Comparison]:
+    """Every row against the table's own, for the paper's metrics (with the paper's sign as the
+    claim) and for the listening gap and the audio share (no claim)."""
+    if table.ours is None:
+        return []
+    found = []
+    for row in table.rows:
+        if row == table.ours or row in table.references:
+            continue
+        for (column, task), metric in itertools.product(table.columns, [*PAPER_METRICS,
+                                                                        *PAIRED_ONLY]):  # fmt: skip
+            ours = table.by_seed.get((table.ours, column, metric))
+            other = table.by_seed.get((row, column, metric))
+            difference = paired_difference(ours or {}, other or {})
+            if difference is None:
+                continue
+            paper = None
+            if metric in PAPER_METRICS:
+                mine, theirs = (table.paper_value(r, task, metric) for r in (table.ours, row))
+                paper = None if mine is None or theirs is None else mine - theirs
+            found.append(Comparison(row, column, task, metric, difference, paper))
+    return found
+
+
+def interval(difference: PairedDifference, digits: int) -> str:
+    if difference.low is None:
+        return "– (n=1)"
+    return f"[{difference.low:+.{digits}f}, {difference.high:+.{digits}f}]"
+
+
+def claims_section(table: Table, found: list[Comparison]) -> list[str]:
+    """The report's "Claims" section: each claim of the paper with its verdict, then the paired
+    differences that have no paper value."""
+    ours = table.ours
+    text = [
+        "## Claims",
+        "",
+        f"Each row against **{ours}**, paired over the seeds both have: the mean of the per-seed "
+        f"differences ({ours} - row), its 95 % confidence interval (t distribution, n - 1 degrees "
+        "of freedom) and n. The claim is the sign of the paper's own difference. *Supported*: the "
+        "interval lies wholly on the paper's side of 0; *contradicted*: wholly on the other side; "
+        "*unresolved*: it spans 0, and its half-width is the smallest difference these seeds "
+        "could have resolved.",
+        "",
+    ]
+    claims = [c for c in found if c.paper_difference is not None]
+    if claims:
+        text += [
+            "| claim (paper) | column | metric | paper difference | measured difference | "
+            "95 % CI | n | verdict |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for c in claims:
+            result = c.verdict
+            if result == UNRESOLVED and c.difference.half_width is not None:
+                result += f" (resolvable: ±{c.difference.half_width:.2f})"
+            text.append(
+                f"| {c.claim(ours)} | {c.column} | {label_of(c.metric)} | "
+                f"{c.paper_difference:+.2f} | {c.difference.mean:+.2f} | "
+                f"{interval(c.difference, 2)} | {c.difference.n} | {result} |"
+            )
+        text.append("")
+    others = [c for c in found if c.paper_difference is None]
+    if others:
+        text += [
+            "Without a paper value (how much each row listens):",
+            "",
+            f"| row | column | quantity | {ours} - row | 95 % CI | n |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in others:
+            digits = 2 if c.metric == LISTENING_GAP else 3
+            text.append(
+                f"| {c.row} | {c.column} | {label_of(c.metric)} | "
+                f"{c.difference.mean:+.{digits}f} | {interval(c.difference, digits)} | "
+                f"{c.difference.n} |"
+            )
+        text.append("")
+    return text
+
+
+def plot_claims(table: Table, claims: list[Comparison], path: Path) -> None:
+    """One line per claim: the measured paired difference with its 95 % interval, coloured by
+    verdict, and the paper's difference beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {SUPPORTED: "tab:green", CONTRADICTED: "tab:red", UNRESOLVED: "tab:grey"}
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * len(claims)))
+    for y, c in enumerate(reversed(claims)):
+        d = c.difference
+        error = [[d.mean - d.low], [d.high - d.mean]] if d.low is not None else None
+        ax.errorbar(d.mean, y, xerr=error, fmt="o", capsize=4, color=colours[c.verdict],
+                    label=c.verdict)  # fmt: skip
+        ax.scatter(c.paper_difference, y, marker="D", facecolors="none", edgecolors="black",
+                   zorder=3, label="paper")  # fmt: skip
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    labels = [f"{c.claim(table.ours)} ({c.column} {label_of(c.metric)})" for c in reversed(claims)]
+    ax.set_yticks(range(len(claims)), labels, fontsize=8)
+    ax.set_xlabel(f"{table.ours} - row (points, paired over seeds, 95 % CI)")
+    ax.set_title(f"{table.title}: the paper's claims", fontsize=10)
+    handles, names = ax.get_legend_handles_labels()
+    unique = dict(zip(names, handles, strict=True))
+    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="best")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as partial:
+        fig.savefig(partial, dpi=120, format="png")
+    plt.close(fig)
 
 
 def format_cell(cell: Cell | None, runs_per_row: int, digits: int = 2) -> str:
@@ -344,13 +529,25 @@ def markdown_table(table: Table) -> str:
     return "\n".join(lines)
 
 
-def write_csv(table: Table, path: Path) -> None:
+def write_csv(table: Table, path: Path, found: Sequence[Comparison] = ()) -> None:
+    """The table, one column per number; with a reference row, each row's paired difference
+    from it (mean, 95 % interval, n and, for the paper's metrics, the verdict)."""
+    paired = {(c.row, c.column, c.metric): c for c in found}
+    compared = sorted(
+        {(c.column, c.metric) for c in found},
+        key=lambda key: (key[0], [*PAPER_METRICS, *PAIRED_ONLY].index(key[1])),
+    )
     header = ["setting"]
     for column, task, metric, with_paper in table.layout():
         name = f"{column} {label_of(metric)}"
         header += [f"{name} mean", f"{name} std", f"{name} n"]
         if with_paper:
             header.append(f"paper {task.upper()} {label_of(metric)}")
+    for column, metric in compared:
+        name = f"{column} {label_of(metric)}: {table.ours} - row"
+        header += [f"{name} mean", f"{name} ci low", f"{name} ci high", f"{name} n"]
+        if metric in PAPER_METRICS:
+            header += [f"{name} paper", f"{name} verdict"]
     header.append("seeds")
     with atomic_path(path) as partial, partial.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -367,6 +564,17 @@ def write_csv(table: Table, path: Path) -> None:
                 if with_paper:
                     value = table.paper_value(row, task, metric)
                     line.append("" if value is None else value)
+            for column, metric in compared:
+                c = paired.get((row, column, metric))
+                if c is None:
+                    line += ["", "", "", 0] + (["", ""] if metric in PAPER_METRICS else [])
+                    continue
+                d = c.difference
+                bounds = ["", ""] if d.low is None else [round(d.low, 4), round(d.high, 4)]
+                line += [round(d.mean, 4), *bounds, d.n]
+                if metric in PAPER_METRICS:
+                    paper = "" if c.paper_difference is None else round(c.paper_difference, 4)
+                    line += [paper, c.verdict or ""]
             line.append(" ".join(map(str, table.seed_list(row))))
             writer.writerow(line)
 
@@ -476,6 +684,9 @@ def report(root: Path, metrics: Sequence[str] | None = None) -> dict[str, Path]:
                 "The measured values are on synthetic data: compare orderings, not magnitudes."
             )
         text.append("")
+    found = comparisons(table)
+    if found:
+        text += claims_section(table, found)
     if failed or missing:
         text += ["## Runs without results", ""]
         text += [f"- `{run.path.relative_to(root)}`: {run.problem}" for run in failed]
@@ -486,7 +697,11 @@ def report(root: Path, metrics: Sequence[str] | None = None) -> dict[str, Path]:
     files = {"markdown": root / "report.md", "csv": root / "report.csv"}
     with atomic_path(files["markdown"]) as partial:
         partial.write_text("\n".join(text))
-    write_csv(table, files["csv"])
+    write_csv(table, files["csv"], found)
+    claims = [c for c in found if c.paper_difference is not None]
+    if claims:
+        files["claims"] = root / "report_claims.png"
+        plot_claims(table, claims, files["claims"])
     for metric in wanted:
         if any(key[2] == metric for key in table.cells):
             files[metric] = root / f"report_{metric.replace('/', '_')}.png"
