@@ -244,6 +244,28 @@ def test_the_audio_share_of_the_tested_checkpoint_is_a_column(trained_runs):
     assert "the audio share from 0 to 1" in files["markdown"].read_text()
 
 
+def write_seeded_runs(
+    root: Path, task: str, values: dict, report_config: dict, shuffled_gap: bool = False
+) -> None:
+    """One finished run per row and seed of ``values`` ({row: {seed: mIoU in percent}}), with F
+    equal to mIoU and, with ``shuffled_gap``, a shuffled-audio mIoU 10 * seed points lower."""
+    seeds = sorted({seed for per_seed in values.values() for seed in per_seed})
+    for index, (row, seed) in enumerate(itertools.product(values, seeds)):
+        run = root / str(index)
+        (run / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create([f"row={row}", f"seed={seed}"]),
+                       run / ".hydra/overrides.yaml")  # fmt: skip
+        config = {"seed": seed, "data": {"task": task, "synthetic": None},
+                  "report": {"row": row, **report_config}}  # fmt: skip
+        OmegaConf.save(OmegaConf.create(config), run / "config.yaml")
+        value = values[row][seed] / 100
+        metrics = {"test/miou": value, "test/f": value}
+        if shuffled_gap:
+            metrics["test_shuffled/miou"] = value - 0.1 * seed
+        (run / "metrics.json").write_text(json.dumps({"metrics": metrics, "task": task,
+                                                      "seed": seed}))  # fmt: skip
+
+
 def test_the_claims_section_pairs_rows_by_seed_and_gives_verdicts(tmp_path):
     """Three rows x three seeds with known mIoU: each claim's paired difference, interval and
     verdict by hand, in report.md, report.csv and the claims chart."""
@@ -257,18 +279,7 @@ def test_the_claims_section_pairs_rows_by_seed_and_gives_verdicts(tmp_path):
         "BAVD only": {1: 71.0, 2: 67.0, 3: 66.7},
         "AVSAC (ours)": {1: 70.1, 2: 64.9, 3: 63.3},
     }
-    for index, (row, seed) in enumerate(itertools.product(miou, (1, 2, 3))):
-        run = tmp_path / str(index)
-        (run / ".hydra").mkdir(parents=True)
-        OmegaConf.save(OmegaConf.create([f"setting={row}", f"seed={seed}"]),
-                       run / ".hydra/overrides.yaml")  # fmt: skip
-        config = {"seed": seed, "data": {"task": "ms3", "synthetic": None},
-                  "report": {"row": row, "paper": paper}}  # fmt: skip
-        OmegaConf.save(OmegaConf.create(config), run / "config.yaml")
-        value = miou[row][seed] / 100
-        metrics = {"test/miou": value, "test/f": value, "test_shuffled/miou": value - 0.1 * seed}
-        record = {"metrics": metrics, "task": "ms3", "seed": seed}
-        (run / "metrics.json").write_text(json.dumps(record))
+    write_seeded_runs(tmp_path, "ms3", miou, {"paper": paper}, shuffled_gap=True)
     files = report(tmp_path)
     text = files["markdown"].read_text()
     # Against the baseline: differences 30.1, 22.9, 22.3 -> mean 25.1, sd 4.3405, half-width
@@ -292,17 +303,7 @@ def test_the_claims_section_pairs_rows_by_seed_and_gives_verdicts(tmp_path):
 def test_a_contradicted_claim_and_a_named_reference_row(tmp_path):
     paper = {"A": {"s4": {"miou": 80.0}}, "B": {"s4": {"miou": 70.0}}}
     values = {"A": {1: 50.0, 2: 51.0, 3: 52.0}, "B": {1: 60.0, 2: 60.5, 3: 62.0}}
-    for index, (row, seed) in enumerate(itertools.product(values, (1, 2, 3))):
-        run = tmp_path / str(index)
-        (run / ".hydra").mkdir(parents=True)
-        OmegaConf.save(OmegaConf.create([f"row={row}", f"seed={seed}"]),
-                       run / ".hydra/overrides.yaml")  # fmt: skip
-        config = {"seed": seed, "data": {"task": "s4", "synthetic": None},
-                  "report": {"row": row, "paper": paper, "reference": "A"}}  # fmt: skip
-        OmegaConf.save(OmegaConf.create(config), run / "config.yaml")
-        value = values[row][seed] / 100
-        record = {"metrics": {"test/miou": value, "test/f": value}, "task": "s4", "seed": seed}
-        (run / "metrics.json").write_text(json.dumps(record))
+    write_seeded_runs(tmp_path, "s4", values, {"paper": paper, "reference": "A"})
     text = report(tmp_path)["markdown"].read_text()
     # -10, -9.5, -10 -> mean -9.83, sd 0.2887, half-width 0.717: wholly below 0, the paper +10.
     assert "| A > B | S4 | mIoU | +10.00 | -9.83 | [-10.55, -9.12] | 3 | contradicted |" in text
