@@ -62,6 +62,11 @@ def test_every_point_of_a_recipe_composes_with_a_row_its_group_and_tags(table):
         tasks.add(cfg.data.task)
         if table != "synthetic_table1":  # the twin's tiny backbone is no paper row
             assert cfg.report.row in cfg.report.paper, f"{table} {point}: no paper row"
+            # The row the claims are made against: named, or the one marked "(ours)".
+            ours = cfg.report.get("reference") or next(
+                (row for row in cfg.report.paper if "(ours)" in row), None
+            )
+            assert table.endswith("table1") or ours in cfg.report.paper, table
             assert cfg.data.task in cfg.report.paper[cfg.report.row]
     # The tasks are the table's column groups; everything else swept is a row of its own.
     assert len(rows) * len(tasks) == len(points)
