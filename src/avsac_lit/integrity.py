@@ -80,19 +80,36 @@ def seal(checkpoint: dict) -> dict:
     return checkpoint
 
 
+# Files found whole in this process, as (path, size, modification time).
+_verified: set[tuple[Path, int, int]] = set()
+
+
+def file_state(path: str | Path) -> tuple[Path, int, int] | None:
+    try:
+        stat = Path(path).stat()
+    except OSError:  # not a file (a checkpoint checked in memory)
+        return None
+    return Path(path).resolve(), stat.st_size, stat.st_mtime_ns
+
+
 def verify(checkpoint: dict, path: str | Path) -> None:
     """Raise :class:`DamagedCheckpointError` naming ``path`` and its first damaged tensor if a
     tensor differs from what was written (or one is missing or added); checkpoints without
-    checksums pass."""
+    checksums pass. A file found whole is not hashed again while it stays as it was: eval,
+    predict and resume read a checkpoint's config and metadata several times before Lightning
+    loads it."""
     if not isinstance(checkpoint, dict):
         return
     saved = (checkpoint.get("avsac_lit") or {}).get(CHECKSUMS)
-    if not saved:
+    state = file_state(path)
+    if not saved or (state is not None and state in _verified):
         return
     found = checkpoint_checksums(checkpoint)
     damaged = [name for name, value in saved.items() if found.get(name) != value]
     added = [name for name in found if name not in saved]
     if not damaged and not added:
+        if state is not None:
+            _verified.add(state)
         return
     first = (damaged or added)[0]
     what = "is not in it" if first not in found else "does not match the checksum written with it"
