@@ -312,3 +312,18 @@ def test_a_contradicted_claim_and_a_named_reference_row(tmp_path):
     text = report(tmp_path)["markdown"].read_text()
     # -10, -9.5, -10 -> mean -9.83, sd 0.2887, half-width 0.717: wholly below 0, the paper +10.
     assert "| A > B | S4 | mIoU | +10.00 | -9.83 | [-10.55, -9.12] | 3 | contradicted |" in text
+
+
+def test_the_reference_row_can_be_named_for_runs_whose_config_names_none(tmp_path, capsys):
+    """Multiruns made before ``report.reference`` existed: no claims by default, and
+    ``--reference`` picks the row; a name that is no row is refused with the rows."""
+    paper = {"A": {"s4": {"miou": 80.0}}, "B": {"s4": {"miou": 70.0}}}
+    values = {"A": {1: 50.0, 2: 51.0, 3: 52.0}, "B": {1: 60.0, 2: 60.5, 3: 62.0}}
+    write_seeded_runs(tmp_path, "s4", values, {"paper": paper})
+    assert "## Claims" not in report(tmp_path)["markdown"].read_text()
+    assert main([str(tmp_path), "--reference", "B"]) == 0
+    # B - A: +10, +9.5, +10 against the paper's -10.
+    assert ("| B < A | S4 | mIoU | -10.00 | +9.83 | [+9.12, +10.55] | 3 | contradicted |"
+            in (tmp_path / "report.md").read_text())  # fmt: skip
+    assert main([str(tmp_path), "--reference", "C"]) == 2
+    assert "--reference='C' is no row of this table (A, B)" in capsys.readouterr().err

@@ -275,7 +275,7 @@ class Table:
         )
 
 
-def build_table(runs: list[Run], metrics: Sequence[str]) -> Table:
+def build_table(runs: list[Run], metrics: Sequence[str], reference: str | None = None) -> Table:
     finished = [run for run in runs if run.problem is None]
     labels = row_labels(finished)
     rows: list[str] = []
@@ -307,7 +307,7 @@ def build_table(runs: list[Run], metrics: Sequence[str]) -> Table:
     rows.sort(key=lambda row: paper_order.get(row, len(paper_order)))
     table = Table(title=str(title), rows=rows, columns=columns, metrics=list(metrics),
                   cells=cells, paper=paper, seeds=seeds, by_seed=by_seed,
-                  ours=reference_row(first, rows))  # fmt: skip
+                  ours=reference_row(first, rows, reference))  # fmt: skip
     add_vision_only_reference(table, finished)
     return table
 
@@ -322,13 +322,14 @@ def metric_value(metrics: dict[str, float], metric: str) -> float | None:
     return None if value is None else value * scale(metric)
 
 
-def reference_row(run: Run, rows: list[str]) -> str | None:
-    """The row the others are compared with: the recipe's ``report.reference``, else the row
-    marked "(ours)"."""
-    named = run.select("report.reference")
+def reference_row(run: Run, rows: list[str], given: str | None = None) -> str | None:
+    """The row the others are compared with: ``given`` (``--reference``), else the recipe's
+    ``report.reference``, else the row marked "(ours)"."""
+    named, source = (given, "--reference") if given is not None else (
+        run.select("report.reference"), "report.reference")  # fmt: skip
     if named is not None:
         if named not in rows:
-            raise ReportError(f"report.reference={named!r} is no row of this table "
+            raise ReportError(f"{source}={named!r} is no row of this table "
                               f"({', '.join(rows)}).")  # fmt: skip
         return str(named)
     ours = [row for row in rows if "(ours)" in row]
@@ -642,9 +643,12 @@ def provenance(root: Path, runs: list[Run]) -> list[str]:
     return lines
 
 
-def report(root: Path, metrics: Sequence[str] | None = None) -> dict[str, Path]:
-    """Write the report files into ``root``; returns them by kind. Raises :class:`ReportError`
-    when there is no finished run to tabulate."""
+def report(
+    root: Path, metrics: Sequence[str] | None = None, reference: str | None = None
+) -> dict[str, Path]:
+    """Write the report files into ``root``; returns them by kind. ``reference`` names the row
+    the claims compare the others with, over the runs' ``report.reference``. Raises
+    :class:`ReportError` when there is no finished run to tabulate."""
     root = Path(root)
     if not root.is_dir():
         raise ReportError(f"{root}: not a directory. Pass a multirun directory, e.g. "
@@ -665,7 +669,7 @@ def report(root: Path, metrics: Sequence[str] | None = None) -> dict[str, Path]:
         wanted += [m for m in EXTRA_METRICS if all(m in run.metrics for run in finished)]
         if "test/audio_share" in wanted:  # the tested model's, rather than the last epoch's
             wanted.remove("val/audio_share")
-    table = build_table(runs, wanted)
+    table = build_table(runs, wanted, reference)
 
     failed = [run for run in runs if run.problem is not None]
     text = [f"# {table.title}", ""]
@@ -720,9 +724,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="metrics.json keys to tabulate (default: test/f test/miou, and the suite's "
         "counterfactual and audio-share metrics when every run has them)",
     )  # fmt: skip
+    parser.add_argument(
+        "--reference", metavar="ROW",
+        help="the row the claims compare the others with (default: the recipe's "
+        "report.reference, else the row marked (ours)); for multiruns whose config names none",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        files = report(args.directory, args.metrics)
+        files = report(args.directory, args.metrics, args.reference)
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
