@@ -20,11 +20,14 @@ install: $(VENV)/.installed ## Create .venv and install the package (editable) w
 demo: install ## Main job: generate SynthAVS-MS3, train AVSAC on the CPU, test it with true, shuffled and silent audio
 	$(PY) -m avsac_lit.train +experiment=synthetic_ms3
 
-test: install ## Run the default test suite (no slow tests)
-	$(PY) -m pytest -m "not slow"
+# One worker process per CPU; a test module's tests stay in one worker, which builds its fixtures.
+PYTEST_PARALLEL := -n logical --dist loadscope
+
+test: install ## Run the default test suite (no slow tests), one worker per CPU
+	$(PY) -m pytest -m "not slow" $(PYTEST_PARALLEL)
 
 test-full: install ## Run every test, slow ones included
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_PARALLEL)
 
 slurm-check: install ## Start a two-node SLURM cluster on this machine (root), run the slurm tests against it, stop it
 	bash .ci/slurm/cluster start

@@ -26,6 +26,9 @@ def test_skipping_unread_frames_shows_as_a_fifth_of_the_flops_with_the_same_loss
         assert all(seconds >= 0 for seconds in results[name]["seconds"].values())
         assert results[name]["peak_memory_gb"] > 0
         assert len(results[name]["losses"]) == 2  # the warm-up step's and the timed one's
+        # The warm-up step is timed apart (compile=true compiles in it).
+        assert len(results[name]["warmup_seconds"]) == 1
+        assert results[name]["warmup_seconds"][0] > 0
     # 1 of 5 frames: the FLOPs of everything per frame (the optimiser's are not counted).
     assert 4 < results["B"]["gflop"] / results["A"]["gflop"] <= 5
     assert results["first_loss_difference"] < 1e-5
@@ -42,5 +45,6 @@ def test_the_command_line_compares_two_configs_and_writes_bench_json(tmp_path):
     results = json.loads((tmp_path / "bench.json").read_text())
     assert results == json.loads(finished.stdout.strip().splitlines()[-1])
     assert "B / A" in finished.stdout and "first-step loss" in finished.stdout
+    assert "first step (untimed)" in finished.stdout
     # The same model and weights, computed in pieces: the same first loss.
     assert results["first_loss_difference"] < 1e-6

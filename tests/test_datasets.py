@@ -315,3 +315,21 @@ def test_precompute_cli_fills_the_cache(synth_copy, tmp_path, capsys):
     clips = sum(len(build_dataset("avss", root, split)) for split in ("train", "val", "test"))
     assert len(list(cache.rglob("*.pt"))) == clips
     assert f"Cache: {cache}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("task", ["ms3", "avss"])
+def test_items_kept_in_memory_are_the_loaded_ones_and_read_no_file_again(synth_copy, task):
+    root = synth_copy(task)
+    dataset = build_dataset(task, root, "train", img_size=IMG, in_memory=True)
+    plain = build_dataset(task, root, "train", img_size=IMG)
+    dataset[0]
+    loaded = plain[0]
+    clip = dataset.clips[0].name
+    for path in [p for p in root.rglob("*") if p.is_file() and clip in str(p)]:
+        path.unlink()  # the clip's frames, masks and audio
+    kept = dataset[0]
+    assert kept.keys() == loaded.keys()
+    for key, value in loaded.items():
+        assert torch.equal(kept[key], value) if torch.is_tensor(value) else kept[key] == value
+    with pytest.raises(FileNotFoundError, match=clip):
+        plain[0]  # without the option, the files are read each time

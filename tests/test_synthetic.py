@@ -164,6 +164,15 @@ def test_deterministic_for_a_seed(tmp_path):
     assert _tree_digest(tmp_path / "a") != _tree_digest(tmp_path / "c")
 
 
+def test_worker_processes_write_the_same_tree_as_one_process(tmp_path):
+    # AVSS: the task with the most paths (4:3 frames, 10-frame v2 clips, v1s training clips
+    # with one label, class-id references).
+    serial = generate("avss", tmp_path / "serial", videos=9, seed=5, size=32, workers=1)
+    pooled = generate("avss", tmp_path / "pooled", videos=9, seed=5, size=32, workers=2)
+    assert _tree_digest(tmp_path / "serial") == _tree_digest(tmp_path / "pooled")
+    assert serial["splits"] == pooled["splits"]  # reference scores included
+
+
 def test_cli_writes_tree_and_refuses_bad_arguments(tmp_path, capsys):
     main(["--task", "s4", "--out", str(tmp_path / "s4"), "--videos", "3", "--size", "32"])
     manifest = json.loads((tmp_path / "s4" / "manifest.json").read_text())

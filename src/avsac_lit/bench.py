@@ -120,6 +120,8 @@ class Stepper:
                 for k, v in self.batch.items()
             }
         self.times: dict[str, list[float]] = {part: [] for part in (*PARTS, "step")}
+        # Whole-step seconds of the untimed warm-up steps: compile=true compiles in the first.
+        self.warmup_times: list[float] = []
         self.peak_memory = 0
         self.losses: list[float] = []
 
@@ -214,6 +216,7 @@ class Stepper:
         end = time.perf_counter()
         self.losses.append(losses["loss"].item())
         if not record:
+            self.warmup_times.append(end - start)
             return
         forward = forward_end - start
         spent["decoder"] = forward - spent["encoders"] - spent["mask head"]
@@ -305,6 +308,7 @@ def run(cfg: DictConfig, compared: DictConfig | None) -> dict:
             "seconds": {k: round(v, 4) for k, v in medians.items()},
             "clips_per_s": round(stepper.cfg.data.train_batch_size / medians["step"], 3),
             "peak_memory_gb": round(stepper.peak_memory / 1e9, 2),
+            "warmup_seconds": [round(t, 3) for t in stepper.warmup_times],
             # The first on the initial weights, which both configs share (same seed); later ones
             # follow diverging updates (AdamW magnifies rounding where gradients are ~0).
             "losses": stepper.losses,
@@ -349,6 +353,10 @@ def print_table(results: dict) -> None:
     for key in extra:
         if key in results["A"]:
             table.add_row(key.replace("_", " "), *(str(results[n].get(key, "-")) for n in names))
+    if results["A"]["warmup_seconds"]:
+        table.add_row(
+            "first step (untimed)", *(f"{results[n]['warmup_seconds'][0]:.3f}" for n in names)
+        )
     console = Console()
     console.print(table)
     if "first_loss_difference" in results:

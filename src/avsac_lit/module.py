@@ -192,6 +192,8 @@ class AVSLitModule(L.LightningModule):
         # init): a checkpoint leaves out an encoder that still matches, and rebuilds it on loading.
         self.encoder_digests = {k: state_digest(m) for k, m in self.encoders().items()}
         self.test_prefix = "test"
+        # The first non-finite evaluation batch of this epoch, described (batch_is_finite).
+        self.non_finite_batch: str | None = None
         # The resolved run config, saved into every checkpoint (``build_run`` sets it), so that a
         # checkpoint alone rebuilds its model: avsac_lit.predict and the notebooks.
         self.run_config: dict | None = None
@@ -342,6 +344,7 @@ class AVSLitModule(L.LightningModule):
         self.evaluation_step("val", batch, batch_idx)
 
     def on_validation_epoch_end(self) -> None:
+        self.stop_on_non_finite_batch("val")
         scores = self.stage_metrics("val").compute() | self.compute_audio_share("val")
         self.stage_metrics("val").reset()
         losses = self.eval_loss_scores("val")
@@ -362,6 +365,7 @@ class AVSLitModule(L.LightningModule):
         self.evaluation_step("test", batch, batch_idx)
 
     def on_test_epoch_end(self) -> None:
+        self.stop_on_non_finite_batch(self.test_prefix)
         scores = self.stage_metrics("test").compute() | self.compute_audio_share("test")
         self.stage_metrics("test").reset()
         scores = {self.test_prefix + k.removeprefix("test"): v for k, v in scores.items()}
@@ -372,7 +376,8 @@ class AVSLitModule(L.LightningModule):
     def evaluation_step(self, stage: str, batch: dict, batch_idx: int) -> None:
         outputs, losses = self.model_step(batch)
         prefix = self.test_prefix if stage == "test" else stage
-        self.check_finite_batch(prefix, batch, outputs, losses)
+        if not self.batch_is_finite(prefix, batch, outputs, losses):
+            return
         for name, value in losses.items():
             if f"{prefix}/{name}" not in self.eval_losses:
                 self.eval_losses[f"{prefix}/{name}"] = MeanMetric().to(value.device)
@@ -434,22 +439,41 @@ class AVSLitModule(L.LightningModule):
             return f"the last good state is {last}"
         return "no checkpoint had been written yet"
 
-    def check_finite_batch(self, split: str, batch: dict, outputs: dict, losses: dict) -> None:
+    def batch_is_finite(self, split: str, batch: dict, outputs: dict, losses: dict) -> bool:
         """A validation or test batch's losses and logits must be finite: a NaN would otherwise
         turn the split's mean loss into NaN and its masks into background, and the run would end
-        with a wrong score and status 0. Every process decides together."""
+        with a wrong score and status 0. One process stops at once. The processes of a
+        distributed run may have different numbers of batches (the last one goes to one
+        process), so they cannot decide together batch by batch: each notes its first
+        non-finite batch and leaves it and later ones out of its scores (returns False), and all
+        decide together at the epoch's end (:meth:`stop_on_non_finite_batch`)."""
         finite = bool(torch.isfinite(losses["loss"]).item()) and bool(
             torch.isfinite(outputs["logits"]).all().item()
         )
-        if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+        if finite and self.non_finite_batch is None:
+            return True
+        if self.non_finite_batch is None:
+            parts = ", ".join(f"{name} {value.item():.4g}" for name, value in losses.items())
+            logits = "finite" if torch.isfinite(outputs["logits"]).all() else "not finite"
+            clips = ", ".join(map(str, batch["name"]))
+            self.non_finite_batch = (
+                f"Stopped in {split} at epoch {self.current_epoch}: the outputs are not finite "
+                f"on the batch of clips {clips} (losses: {parts}; logits {logits}). No score was "
+                f"written from them. {NON_FINITE_CAUSES}"
+            )
+        if self.trainer.world_size == 1:
+            self.stop_on_non_finite_batch(split)
+        return False
+
+    def stop_on_non_finite_batch(self, split: str) -> None:
+        """Raises on every process if any of them saw a non-finite batch this epoch."""
+        message, self.non_finite_batch = self.non_finite_batch, None
+        if self.trainer.strategy.reduce_boolean_decision(message is None, all=True):
             return
-        parts = ", ".join(f"{name} {value.item():.4g}" for name, value in losses.items())
-        logits = "finite" if torch.isfinite(outputs["logits"]).all() else "not finite"
-        clips = ", ".join(map(str, batch["name"]))
         raise NonFiniteError(
-            f"Stopped in {split} at epoch {self.current_epoch}: the outputs are not finite on "
-            f"the batch of clips {clips} (losses: {parts}; logits {logits}). No score was "
-            f"written from them. {NON_FINITE_CAUSES}"
+            message
+            or f"Stopped in {split} at epoch {self.current_epoch}: another process of this run "
+            "found outputs that are not finite; its error names the clips."
         )
 
     def check_finite_scores(self, split: str, scores: dict[str, Tensor]) -> None:

@@ -196,7 +196,11 @@ class StopAndResume(Callback):
                            f"(step {trainer.global_step}), checkpointed to {path}")  # fmt: skip
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args) -> None:
-        if self.all_asked(trainer):
+        # Not decided together: the processes of a distributed run may test different numbers
+        # of batches (the last one goes to one process), and a collective per batch would then
+        # wait forever. Each process hears the signal (SLURM signals every task, ddp_spawn's
+        # main process passes it on) and a test restarts from its beginning anyway.
+        if self.signals.received is not None:
             self.stop(trainer, "while testing; training had ended")
 
     def all_asked(self, trainer: L.Trainer) -> bool:

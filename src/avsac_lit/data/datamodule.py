@@ -41,6 +41,8 @@ class AVSDataModule(L.LightningDataModule):
         num_workers: dataloader worker processes.
         pin_memory: pin host memory (useful on GPU).
         cache_dir: the suite's cache directory (``paths.cache_dir``); ``None`` for the default.
+        in_memory: keep each split's items in memory once loaded (per loader process), so that
+            later epochs read no file; for small datasets such as SynthAVS.
         synthetic: if given, ``root`` is filled by the synthetic generator with these arguments
             (``videos``, ``seed``, ``size``) unless it already holds a tree made with them.
 
@@ -59,6 +61,7 @@ class AVSDataModule(L.LightningDataModule):
         num_workers: int = 4,
         pin_memory: bool = False,
         cache_dir: str | Path | None = None,
+        in_memory: bool = False,
         synthetic: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -108,7 +111,7 @@ class AVSDataModule(L.LightningDataModule):
 
     def _build(self, split: str) -> AVSBenchDataset:
         hp = self.hparams
-        return build_dataset(hp.task, hp.root, split, hp.img_size, hp.cache_dir)
+        return build_dataset(hp.task, hp.root, split, hp.img_size, hp.cache_dir, hp.in_memory)
 
     def _loader(
         self, split: str, batch_size: int, shuffle: bool, audio: str = "matched"

@@ -25,9 +25,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -319,131 +324,157 @@ def _save_png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path, compress_level=1)
 
 
-class _Writer:
-    """Writes clips in one task's published layout and collects the reference scores."""
+def _audio_files(clip: SynthClip, wav: Path, pickle: Path | None) -> None:
+    write_wav(wav, clip.audio, SAMPLE_RATE)
+    if pickle is not None:
+        # From the int16 wav as written, like AVSBench's preprocessing, so that a loader that
+        # falls back to the wav gets the very same examples.
+        save_log_mel_pickle(pickle, wav_to_examples(wav))
 
-    def __init__(self, task: str, out: Path) -> None:
-        self.task, self.out = task, out
-        self.rows: list[list[str]] = []
+
+def _binary_masks(clip: SynthClip, paths: list[Path]) -> None:
+    for k, path in enumerate(paths):
+        _save_png(path, (clip.class_ids(k, sounding_only=True) > 0).astype(np.uint8) * 255)
+
+
+def _write_s4(out: Path, clip: SynthClip) -> tuple[list[str], int]:
+    category = CATEGORIES[clip.visible[0]].name
+    data = out / "s4_data"
+    sub = Path(clip.split) / category
+    for k in range(clip.num_frames):
+        _save_png(data / "visual_frames" / sub / clip.name / f"{clip.name}_{k + 1}.png",
+                  clip.frames[k])  # fmt: skip
+    annotated = 1 if clip.split == "train" else clip.num_frames
+    masks = [
+        data / "gt_masks" / sub / clip.name / f"{clip.name}_{k + 1}.png" for k in range(annotated)
+    ]
+    _binary_masks(clip, masks)
+    _audio_files(
+        clip,
+        data / "audio_wav" / sub / f"{clip.name}.wav",
+        data / "audio_log_mel" / sub / f"{clip.name}.pkl",
+    )
+    return [clip.name, "0", category, clip.split], annotated
+
+
+def _write_ms3(out: Path, clip: SynthClip) -> tuple[list[str], int]:
+    data = out / "ms3_data"
+    for k in range(clip.num_frames):
+        _save_png(
+            data / "visual_frames" / clip.name / f"{clip.name}.mp4_{k + 1}.png", clip.frames[k]
+        )
+    folder = data / "gt_masks" / clip.split / clip.name
+    _binary_masks(clip, [folder / f"{clip.name}_{k + 1}.png" for k in range(clip.num_frames)])
+    _audio_files(
+        clip,
+        data / "audio_wav" / clip.split / f"{clip.name}.wav",
+        data / "audio_log_mel" / clip.split / f"{clip.name}.pkl",
+    )
+    return [clip.name, clip.split], clip.num_frames
+
+
+def _write_avss(out: Path, clip: SynthClip) -> tuple[list[str], int]:
+    heard = sorted({c for second in clip.sounding for c in second if c in clip.visible})
+    objects = "_".join(CATEGORIES[c].name for c in heard)
+    folder = out / clip.label / clip.name
+    palette = voc_palette(len(CATEGORIES) + 1)
+    for k in range(clip.num_frames):
+        path = folder / "frames" / f"{k}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(clip.frames[k]).save(path, quality=95)
+    annotated = 1 if (clip.label == "v1s" and clip.split == "train") else clip.num_frames
+    for k in range(annotated):
+        _save_png(
+            folder / "labels_rgb" / f"{k}.png", palette[clip.class_ids(k, sounding_only=True)]
+        )
+    _audio_files(clip, folder / "audio.wav", None)
+    return [clip.name, clip.name, "0", "0", objects, clip.split, clip.label], annotated
+
+
+def _scored_frames(task: str, clip: SynthClip, annotated: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ground truth, what a vision-only predictor sees) of the frames the protocol scores, as
+    class ids (S4/MS3: 0/1)."""
+    if task != "avss":
+        target = [clip.class_ids(k, sounding_only=True) > 0 for k in range(annotated)]
+        seen = [clip.class_ids(k, sounding_only=False) > 0 for k in range(annotated)]
+        return np.stack(target).astype(np.uint8), np.stack(seen).astype(np.uint8)
+    # The protocol scores all 10 frames of a clip, padding included (see docs/metrics.md).
+    height, width = clip.frames.shape[1:3]
+    target = np.zeros((10, height, width), dtype=np.uint8)
+    seen = np.zeros_like(target)
+    for k in range(annotated):
+        target[k] = clip.class_ids(k, sounding_only=True)
+    for k in range(clip.num_frames):
+        seen[k] = clip.class_ids(k, sounding_only=False)
+    if annotated < clip.num_frames:
+        # Frames without a label are not scored by the reference either; drop them here.
+        keep = np.arange(10) < annotated
+        keep[clip.num_frames :] = True
+        target, seen = target[keep], seen[keep]
+    return target, seen
+
+
+@dataclass
+class _WrittenClip:
+    """What the parent needs of a clip written by a worker: its metadata row and statistics,
+    and the frames the reference predictors are scored on."""
+
+    row: list[str]
+    split: str
+    frames: int
+    empty_gt_frames: int
+    target: np.ndarray
+    seen: np.ndarray
+
+
+def _make_and_write(
+    task: str, out: Path, seed: int, size: int, planned: tuple[int, str, str]
+) -> _WrittenClip:
+    index, split, label = planned
+    clip = make_clip(seed, task, index, split, size, label)
+    row, annotated = {"s4": _write_s4, "ms3": _write_ms3, "avss": _write_avss}[task](out, clip)
+    target, seen = _scored_frames(task, clip, annotated)
+    empty = sum(not clip.sounding_visible(k) for k in range(clip.num_frames))
+    return _WrittenClip(row, split, clip.num_frames, empty, target, seen)
+
+
+class _ReferenceScores:
+    """The reference predictors' scores, per protocol batch of 2 clips in metadata order."""
+
+    def __init__(self, task: str) -> None:
+        self.task = task
         self.scorers: dict[str, dict[str, list]] = {}
 
-    def write(self, clip: SynthClip) -> None:
-        getattr(self, f"_write_{self.task}")(clip)
-
-    def _audio_files(self, clip: SynthClip, wav: Path, pickle: Path | None) -> None:
-        write_wav(wav, clip.audio, SAMPLE_RATE)
-        if pickle is not None:
-            # From the int16 wav as written, like AVSBench's preprocessing, so that a loader that
-            # falls back to the wav gets the very same examples.
-            save_log_mel_pickle(pickle, wav_to_examples(wav))
-
-    def _binary_masks(self, clip: SynthClip, paths: list[Path]) -> None:
-        for k, path in enumerate(paths):
-            _save_png(path, (clip.class_ids(k, sounding_only=True) > 0).astype(np.uint8) * 255)
-
-    def _write_s4(self, clip: SynthClip) -> None:
-        category = CATEGORIES[clip.visible[0]].name
-        self.rows.append([clip.name, "0", category, clip.split])
-        data = self.out / "s4_data"
-        sub = Path(clip.split) / category
-        for k in range(clip.num_frames):
-            path = data / "visual_frames" / sub / clip.name / f"{clip.name}_{k + 1}.png"
-            _save_png(path, clip.frames[k])
-        annotated = 1 if clip.split == "train" else clip.num_frames
-        masks = [
-            data / "gt_masks" / sub / clip.name / f"{clip.name}_{k + 1}.png"
-            for k in range(annotated)
-        ]
-        self._binary_masks(clip, masks)
-        self._audio_files(
-            clip,
-            data / "audio_wav" / sub / f"{clip.name}.wav",
-            data / "audio_log_mel" / sub / f"{clip.name}.pkl",
-        )
-        self._score_binary(clip, annotated)
-
-    def _write_ms3(self, clip: SynthClip) -> None:
-        self.rows.append([clip.name, clip.split])
-        data = self.out / "ms3_data"
-        for k in range(clip.num_frames):
-            _save_png(
-                data / "visual_frames" / clip.name / f"{clip.name}.mp4_{k + 1}.png", clip.frames[k]
-            )
-        folder = data / "gt_masks" / clip.split / clip.name
-        self._binary_masks(
-            clip, [folder / f"{clip.name}_{k + 1}.png" for k in range(clip.num_frames)]
-        )
-        self._audio_files(
-            clip,
-            data / "audio_wav" / clip.split / f"{clip.name}.wav",
-            data / "audio_log_mel" / clip.split / f"{clip.name}.pkl",
-        )
-        self._score_binary(clip, clip.num_frames)
-
-    def _write_avss(self, clip: SynthClip) -> None:
-        heard = sorted({c for second in clip.sounding for c in second if c in clip.visible})
-        objects = "_".join(CATEGORIES[c].name for c in heard)
-        self.rows.append([clip.name, clip.name, "0", "0", objects, clip.split, clip.label])
-        folder = self.out / clip.label / clip.name
-        palette = voc_palette(len(CATEGORIES) + 1)
-        for k in range(clip.num_frames):
-            path = folder / "frames" / f"{k}.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(clip.frames[k]).save(path, quality=95)
-        annotated = 1 if (clip.label == "v1s" and clip.split == "train") else clip.num_frames
-        for k in range(annotated):
-            _save_png(
-                folder / "labels_rgb" / f"{k}.png", palette[clip.class_ids(k, sounding_only=True)]
-            )
-        self._audio_files(clip, folder / "audio.wav", None)
-        self._score_avss(clip, annotated)
-
-    # Reference predictors, scored per protocol batch of 2 clips in metadata order.
     def _scorer(self, split: str) -> dict[str, list]:
         if split not in self.scorers:
             self.scorers[split] = {"pending": [], "vision_only": [], "ground_truth": []}
+            # These scores are this process's alone: a run that generates its data inside a
+            # distributed job (prepare_data on one rank) would otherwise wait for the others.
+            local = {"sync_on_compute": False}
             if self.task == "avss":
+                classes = len(CATEGORIES) + 1
                 metrics = {
                     name: [
-                        AVSSMeanIoU(num_classes=len(CATEGORIES) + 1),
-                        AVSSFScore(num_classes=len(CATEGORIES) + 1),
+                        AVSSMeanIoU(num_classes=classes, **local),
+                        AVSSFScore(num_classes=classes, **local),
                     ]
                     for name in ("vision_only", "ground_truth")
                 }
             else:
                 metrics = {
-                    name: [ProtocolJaccard(), ProtocolFScore()]
+                    name: [ProtocolJaccard(**local), ProtocolFScore(**local)]
                     for name in ("vision_only", "ground_truth")
                 }
             self.scorers[split].update(metrics)
         return self.scorers[split]
 
-    def _score_binary(self, clip: SynthClip, annotated: int) -> None:
-        target = np.stack([clip.class_ids(k, sounding_only=True) > 0 for k in range(annotated)])
-        seen = np.stack([clip.class_ids(k, sounding_only=False) > 0 for k in range(annotated)])
-        self._add(clip.split, target, {"vision_only": seen, "ground_truth": target})
-
-    def _score_avss(self, clip: SynthClip, annotated: int) -> None:
-        # The protocol scores all 10 frames of a clip, padding included (see docs/metrics.md).
-        height, width = clip.frames.shape[1:3]
-        target = np.zeros((10, height, width), dtype=np.int64)
-        seen = np.zeros_like(target)
-        for k in range(annotated):
-            target[k] = clip.class_ids(k, sounding_only=True)
-        for k in range(clip.num_frames):
-            seen[k] = clip.class_ids(k, sounding_only=False)
-        if annotated < clip.num_frames:
-            # Frames without a label are not scored by the reference either; drop them here.
-            keep = np.arange(10) < annotated
-            keep[clip.num_frames :] = True
-            target, seen = target[keep], seen[keep]
-        self._add(clip.split, target, {"vision_only": seen, "ground_truth": target})
-
-    def _add(self, split: str, target: np.ndarray, predictions: dict[str, np.ndarray]) -> None:
-        scorer = self._scorer(split)
-        scorer["pending"].append((target, predictions))
+    def add(self, clip: _WrittenClip) -> None:
+        scorer = self._scorer(clip.split)
+        scorer["pending"].append(
+            (clip.target, {"vision_only": clip.seen, "ground_truth": clip.target})
+        )
         if len(scorer["pending"]) == 2:
-            self._flush(split)
+            self._flush(clip.split)
 
     def _flush(self, split: str) -> None:
         scorer = self.scorers[split]
@@ -476,19 +507,28 @@ class _Writer:
             }
         return results
 
-    def write_metadata(self) -> None:
-        headers = {
-            "s4": ["name", "start", "category", "split"],
-            "ms3": ["name", "split"],
-            "avss": ["vid", "uid", "s_min", "s_sec", "a_obj", "split", "label"],
-        }
-        with (self.out / METADATA_FILES[self.task]).open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(headers[self.task])
-            writer.writerows(self.rows)
-        if self.task == "avss":
-            label_to_index = {"background": 1} | {c.name: i + 2 for i, c in enumerate(CATEGORIES)}
-            (self.out / "label2idx.json").write_text(json.dumps(label_to_index, indent=2))
+
+def _write_metadata(task: str, out: Path, rows: list[list[str]]) -> None:
+    headers = {
+        "s4": ["name", "start", "category", "split"],
+        "ms3": ["name", "split"],
+        "avss": ["vid", "uid", "s_min", "s_sec", "a_obj", "split", "label"],
+    }
+    with (out / METADATA_FILES[task]).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(headers[task])
+        writer.writerows(rows)
+    if task == "avss":
+        label_to_index = {"background": 1} | {c.name: i + 2 for i, c in enumerate(CATEGORIES)}
+        (out / "label2idx.json").write_text(json.dumps(label_to_index, indent=2))
+
+
+def default_workers(videos: int, size: int) -> int:
+    """Processes for a tree: one per CPU this process may use (at most 8) for trees large enough
+    to pay for starting them (about 2 s each, importing torch), else 1."""
+    if videos * size * size < 64 * 224 * 224:
+        return 1
+    return max(1, min(8, len(os.sched_getaffinity(0))))
 
 
 def _clip_plan(task: str, videos: int, seed: int) -> Iterator[tuple[int, str, str]]:
@@ -500,7 +540,12 @@ def _clip_plan(task: str, videos: int, seed: int) -> Iterator[tuple[int, str, st
 
 
 def generate(
-    task: str, out: str | Path, videos: int | None = None, seed: int = 0, size: int = 224
+    task: str,
+    out: str | Path,
+    videos: int | None = None,
+    seed: int = 0,
+    size: int = 224,
+    workers: int | None = None,
 ) -> dict:
     """Write a SynthAVS tree for ``task`` under ``out`` and return its manifest.
 
@@ -513,6 +558,8 @@ def generate(
         videos: number of clips over all splits (70/15/15 %); default 300.
         seed: the whole tree is a function of (task, videos, seed, size).
         size: frame height in pixels (AVSBench's frames are 224 x 224; AVSS ones are 4:3).
+        workers: processes that render and write the clips (each clip is a function of its
+            index, so the tree is the same for any count); default :func:`default_workers`.
     """
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; expected one of {', '.join(TASKS)}.")
@@ -531,19 +578,32 @@ def generate(
     marker = {"generator": GENERATOR, "version": GENERATOR_VERSION, "task": task,
               "settings": settings, "complete": False}  # fmt: skip
     write_manifest(out, marker)
-    writer = _Writer(task, out)
+    references = _ReferenceScores(task)
+    rows: list[list[str]] = []
     stats: dict[str, dict[str, int]] = {}
-    for index, split, label in _clip_plan(task, videos, seed):
-        clip = make_clip(seed, task, index, split, size, label)
-        writer.write(clip)
-        split_stats = stats.setdefault(split, {"clips": 0, "frames": 0, "empty_gt_frames": 0})
-        split_stats["clips"] += 1
-        split_stats["frames"] += clip.num_frames
-        split_stats["empty_gt_frames"] += sum(
-            not clip.sounding_visible(k) for k in range(clip.num_frames)
-        )
-    writer.write_metadata()
-    scores = writer.scores()
+    job = partial(_make_and_write, task, out, seed, size)
+    workers = default_workers(videos, size) if workers is None else workers
+    with ExitStack() as stack:
+        if workers > 1:
+            # spawn, not fork: a forked child of a process that ran torch's OpenMP may hang.
+            pool = stack.enter_context(
+                ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            )
+            run = partial(pool.map, chunksize=4)
+        else:
+            run = map
+        # In plan order, whatever the workers' order: the references are scored per batch of 2.
+        for clip in run(job, _clip_plan(task, videos, seed)):
+            rows.append(clip.row)
+            references.add(clip)
+            split_stats = stats.setdefault(
+                clip.split, {"clips": 0, "frames": 0, "empty_gt_frames": 0}
+            )
+            split_stats["clips"] += 1
+            split_stats["frames"] += clip.frames
+            split_stats["empty_gt_frames"] += clip.empty_gt_frames
+    _write_metadata(task, out, rows)
+    scores = references.scores()
     manifest = {
         "generator": GENERATOR,
         "version": GENERATOR_VERSION,
