@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import platform
 import subprocess
 import sys
 
+from avsac_lit import devices
 from avsac_lit.devices import claim_gpu
 from tests.helpers import TINY_RUN
 
@@ -56,3 +58,12 @@ def test_a_multirun_runs_its_jobs_side_by_side_on_their_own_gpus(synth_trees, tm
     records = [json.loads((sweep / str(job) / "metrics.json").read_text()) for job in (0, 1)]
     assert sorted(r["cuda_visible_devices"] for r in records) == ["0", "1"]
     assert sorted(r["seed"] for r in records) == [1, 2]
+
+
+def test_freed_memory_stays_in_the_process_unless_turned_off(monkeypatch):
+    """glibc (this suite's CI): the setting takes, so that a step's large blocks are reused
+    rather than returned and faulted in again; AVSAC_KEEP_FREED_MEMORY=0 leaves malloc alone."""
+    monkeypatch.setenv("AVSAC_KEEP_FREED_MEMORY", "0")
+    assert devices.keep_freed_memory() is False
+    monkeypatch.delenv("AVSAC_KEEP_FREED_MEMORY")
+    assert devices.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")

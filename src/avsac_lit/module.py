@@ -16,6 +16,7 @@ from torch.optim import Optimizer
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 
 from avsac_lit.data.conditions import condition_of, metric_prefix
+from avsac_lit.devices import keep_freed_memory
 from avsac_lit.feature_cache import EncoderFeatureCache
 from avsac_lit.metrics import (
     AudioShare,
@@ -192,6 +193,7 @@ class AVSLitModule(L.LightningModule):
         # init): a checkpoint leaves out an encoder that still matches, and rebuilds it on loading.
         self.encoder_digests = {k: state_digest(m) for k, m in self.encoders().items()}
         self.test_prefix = "test"
+        keep_freed_memory()  # every command builds a module: train, eval, predict, bench
         # The first non-finite evaluation batch of this epoch, described (batch_is_finite).
         self.non_finite_batch: str | None = None
         # The resolved run config, saved into every checkpoint (``build_run`` sets it), so that a
@@ -286,6 +288,9 @@ class AVSLitModule(L.LightningModule):
             scores[key] = self.eval_losses[key].compute()
             self.eval_losses[key].reset()
         return scores
+
+    def setup(self, stage: str) -> None:
+        keep_freed_memory()  # again in the processes ddp_spawn starts (they unpickle the module)
 
     def on_train_start(self) -> None:
         # The sanity check's batches must not count towards the first epoch.
