@@ -25,12 +25,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import ExitStack
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -44,6 +45,8 @@ from avsac_lit.data.audio import SAMPLE_RATE, wav_to_examples, write_wav
 from avsac_lit.data.avsbench import METADATA_FILES, TASKS
 from avsac_lit.data.io import save_log_mel_pickle, voc_palette
 from avsac_lit.metrics import AVSSFScore, AVSSMeanIoU, ProtocolFScore, ProtocolJaccard
+
+log = logging.getLogger(__name__)
 
 GENERATOR = "avsac_lit.data.synthetic"
 GENERATOR_VERSION = 1
@@ -524,11 +527,14 @@ def _write_metadata(task: str, out: Path, rows: list[list[str]]) -> None:
 
 
 def default_workers(videos: int, size: int) -> int:
-    """Processes for a tree: one per CPU this process may use (at most 8) for trees large enough
-    to pay for starting them (about 2 s each, importing torch), else 1."""
-    if videos * size * size < 64 * 224 * 224:
+    """Processes for a tree: one per CPU this process may use (at most 8) on 4 or more CPUs, for
+    trees large enough to pay for starting them (about 2 s each, importing torch), else 1. On 2
+    cores the workers measured no gain (300 MS3 clips at 224 px: 24.6 s in one process, 25.3 s
+    with 2 workers: the clips' scored frames travel back to this process, which scores them)."""
+    cpus = len(os.sched_getaffinity(0))
+    if cpus < 4 or videos * size * size < 64 * 224 * 224:
         return 1
-    return max(1, min(8, len(os.sched_getaffinity(0))))
+    return min(8, cpus)
 
 
 def _clip_plan(task: str, videos: int, seed: int) -> Iterator[tuple[int, str, str]]:
@@ -578,30 +584,36 @@ def generate(
     marker = {"generator": GENERATOR, "version": GENERATOR_VERSION, "task": task,
               "settings": settings, "complete": False}  # fmt: skip
     write_manifest(out, marker)
+    job = partial(_make_and_write, task, out, seed, size)
+    plan = list(_clip_plan(task, videos, seed))
+    workers = default_workers(videos, size) if workers is None else workers
+    if workers > 1:
+        try:
+            # spawn, not fork: a forked child of a process that ran torch's OpenMP may hang.
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                written = list(pool.map(job, plan, chunksize=4))
+        except BrokenProcessPool:
+            # A spawned worker imports the main module again: a script that calls generate()
+            # outside `if __name__ == "__main__":`, or one read from stdin, stops it.
+            log.warning(
+                "The generator's worker processes could not start (the calling script needs "
+                "`if __name__ == '__main__':`); writing the clips in this process."
+            )
+            written = list(map(job, plan))
+    else:
+        written = list(map(job, plan))
     references = _ReferenceScores(task)
     rows: list[list[str]] = []
     stats: dict[str, dict[str, int]] = {}
-    job = partial(_make_and_write, task, out, seed, size)
-    workers = default_workers(videos, size) if workers is None else workers
-    with ExitStack() as stack:
-        if workers > 1:
-            # spawn, not fork: a forked child of a process that ran torch's OpenMP may hang.
-            pool = stack.enter_context(
-                ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-            )
-            run = partial(pool.map, chunksize=4)
-        else:
-            run = map
-        # In plan order, whatever the workers' order: the references are scored per batch of 2.
-        for clip in run(job, _clip_plan(task, videos, seed)):
-            rows.append(clip.row)
-            references.add(clip)
-            split_stats = stats.setdefault(
-                clip.split, {"clips": 0, "frames": 0, "empty_gt_frames": 0}
-            )
-            split_stats["clips"] += 1
-            split_stats["frames"] += clip.frames
-            split_stats["empty_gt_frames"] += clip.empty_gt_frames
+    # In plan order, whatever the workers' order: the references are scored per batch of 2.
+    for clip in written:
+        rows.append(clip.row)
+        references.add(clip)
+        split_stats = stats.setdefault(clip.split, {"clips": 0, "frames": 0, "empty_gt_frames": 0})
+        split_stats["clips"] += 1
+        split_stats["frames"] += clip.frames
+        split_stats["empty_gt_frames"] += clip.empty_gt_frames
     _write_metadata(task, out, rows)
     scores = references.scores()
     manifest = {
