@@ -450,3 +450,29 @@ def test_avss_accepts_class_ids_as_predictions():
         avss_miou_fscore(AVSS_PREDICTION.float(), AVSS_TARGET, num_classes=3)
     with pytest.raises(ValueError, match="Prediction holds class id 3"):
         avss_miou_fscore(AVSS_PREDICTION + 1, AVSS_TARGET, num_classes=3)
+
+
+def test_the_module_reports_each_score_from_its_own_states():
+    """The module's collection must not merge the Jaccard and F means when a first batch scores
+    the same on both (1 and 1 for a perfect prediction): torchmetrics would then report one
+    score under both names for the rest of the run."""
+    from avsac_lit.module import protocol_metrics
+
+    generator = torch.Generator().manual_seed(4)
+    target = (torch.rand(2, 8, 8, generator=generator) > 0.5).float()
+    batches = [(target * 20 - 10, target)]  # perfect
+    batches += [
+        (torch.randn(2, 8, 8, generator=generator),
+         (torch.rand(2, 8, 8, generator=generator) > 0.5).float())
+        for _ in range(2)
+    ]  # fmt: skip
+    collection = protocol_metrics(1).clone(prefix="val/")
+    jaccard, fscore = ProtocolJaccard(), ProtocolFScore()
+    for batch in batches:
+        collection.update(*batch)
+        jaccard.update(*batch)
+        fscore.update(*batch)
+    scores = collection.compute()
+    assert scores["val/miou"].item() == pytest.approx(jaccard.compute().item(), abs=1e-7)
+    assert scores["val/f"].item() == pytest.approx(fscore.compute().item(), abs=1e-7)
+    assert scores["val/miou"].item() != pytest.approx(scores["val/f"].item(), abs=1e-3)

@@ -13,7 +13,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection
 
 from avsac_lit.data.conditions import condition_of, metric_prefix
 from avsac_lit.devices import keep_freed_memory
@@ -82,12 +82,19 @@ class NonFiniteError(FloatingPointError):
 def protocol_metrics(num_classes: int) -> MetricCollection:
     """``miou`` and ``f`` as the protocol reports them; ``f_pooled`` (S4/MS3) is the
     batch-independent F, logged as a sanity check (docs/metrics.md)."""
+    # The groups are given, not detected: torchmetrics merges metrics whose states are equal
+    # after the first update, and the Jaccard and F means have equal states whenever a first
+    # batch scores the same on both (0 and 0 for an empty prediction, 1 and 1 for a perfect
+    # one); merged, one reported the other's score for the rest of the run. The AVSS metrics
+    # hold the same per-class sums by construction, so they share them.
     if num_classes == 1:
         return MetricCollection(
-            {"miou": ProtocolJaccard(), "f": ProtocolFScore(), "f_pooled": PooledFScore()}
+            {"miou": ProtocolJaccard(), "f": ProtocolFScore(), "f_pooled": PooledFScore()},
+            compute_groups=False,
         )
     return MetricCollection(
-        {"miou": AVSSMeanIoU(num_classes=num_classes), "f": AVSSFScore(num_classes=num_classes)}
+        {"miou": AVSSMeanIoU(num_classes=num_classes), "f": AVSSFScore(num_classes=num_classes)},
+        compute_groups=[["miou", "f"]],
     )
 
 
@@ -291,6 +298,13 @@ class AVSLitModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         keep_freed_memory()  # again in the processes ddp_spawn starts (they unpickle the module)
+        # ddp_spawn hands the module to its processes through shared memory, so without fresh
+        # states every process, and the main one, would add into the same metric tensors: the
+        # sums doubled alike (means were right by luck) and a second test call (another audio
+        # condition) started from the first one's sums.
+        for module in self.modules():
+            if isinstance(module, Metric):
+                module.reset()
 
     def on_train_start(self) -> None:
         # The sanity check's batches must not count towards the first epoch.
