@@ -16,7 +16,8 @@ from avsac_lit.models.deformable_attention import (
 )
 from avsac_lit.models.position_encoding import SinePositionalEncoding
 from avsac_lit.models.query_generator import AudioQueryGenerator
-from avsac_lit.models.vggish import AudioEncoder, VGGish
+from avsac_lit.models.vggish import AudioEncoder, VGGish, random_vggish
+from avsac_lit.models.weights import ENCODER_INIT_SEED, state_digest
 
 TORCHVGGISH_KEYS = [
     f"features.{i}.{p}" for i in (0, 3, 6, 8, 11, 13) for p in ("weight", "bias")
@@ -231,3 +232,42 @@ def test_random_vggish_embeddings_differ_between_clips_and_normalize_standardise
         standardised[:, live].std(dim=0, unbiased=False), torch.ones(int(live.sum())), atol=1e-2
     )
     assert isinstance(AudioEncoder(dim=8).norm, torch.nn.Identity)  # the paper's encoder
+
+
+def test_the_random_vggish_is_the_same_tensors_on_every_build_and_leaves_the_run_seed_alone():
+    torch.manual_seed(ENCODER_INIT_SEED)
+    expected = VGGish()
+    expected.reset_parameters()
+    torch.manual_seed(7)
+    draw = torch.rand(3)
+    torch.manual_seed(7)
+    builds = [random_vggish() for _ in range(3)]  # the third one is cloned from the kept copy
+    assert torch.equal(torch.rand(3), draw)
+    for vggish in builds:
+        for name, tensor in expected.state_dict().items():
+            assert torch.equal(vggish.state_dict()[name], tensor), name
+    with torch.no_grad():
+        builds[2].features[0].weight.add_(1.0)  # a build owns its tensors: the others keep theirs
+    assert torch.equal(builds[1].features[0].weight, expected.features[0].weight)
+    assert torch.equal(random_vggish().features[0].weight, expected.features[0].weight)
+
+
+def test_a_kept_digest_follows_every_change_made_through_torch():
+    module = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    first = state_digest(module)
+    assert state_digest(module) == first
+    with torch.no_grad():
+        module[0].weight[0, 0] += 1.0
+    changed = state_digest(module)
+    assert changed != first
+    module.load_state_dict({k: v.clone() for k, v in module.state_dict().items()})
+    assert state_digest(module) == changed  # the same values again, so the same digest
+    module[0].weight.data = module[0].weight.data.clone()
+    module[0].weight.data[0, 0] -= 1.0  # a replaced tensor: its address is new
+    assert state_digest(module) == first
+    module.train()(torch.randn(5, 4))  # BatchNorm's running statistics change in place
+    assert state_digest(module) != first
+    fresh = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    fresh.load_state_dict(module.state_dict())
+    assert state_digest(fresh) == state_digest(module)
+    assert state_digest(module.double()) != state_digest(fresh)

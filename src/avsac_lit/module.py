@@ -545,7 +545,16 @@ class AVSLitModule(L.LightningModule):
             checkpoint["avsac_lit"]["rebuilt_encoders"] = {}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # The weights only: the best score starts at -inf before the first validation.
+        datamodule = getattr(self._trainer, "datamodule", None)
+        checkpoint["avsac_lit"] = {
+            "config": self.run_config,
+            "class_names": getattr(datamodule, "class_names", None),
+            "random_state": random_state(),
+            "train_metric_sums": self.train_metric_sums(),
+        }
+        self.leave_out_built_encoders(checkpoint)
+        # The weights written (an encoder left out is the one its config builds), and only them:
+        # the best score starts at -inf before the first validation.
         weights = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
         bad = [k for k, v in weights.items() if not torch.isfinite(v).all()]
         if bad:
@@ -555,14 +564,6 @@ class AVSLitModule(L.LightningModule):
                 f"({bad[0]}, ...). "
                 "The last checkpoint written is the last good state."
             )
-        datamodule = getattr(self._trainer, "datamodule", None)
-        checkpoint["avsac_lit"] = {
-            "config": self.run_config,
-            "class_names": getattr(datamodule, "class_names", None),
-            "random_state": random_state(),
-            "train_metric_sums": self.train_metric_sums(),
-        }
-        self.leave_out_built_encoders(checkpoint)
 
     def train_metric_sums(self) -> list[dict[str, Tensor]]:
         """The running sums of the epoch's training metrics, one dict per process (zeros at an
