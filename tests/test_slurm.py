@@ -162,18 +162,22 @@ def test_a_table_sweep_runs_as_slurm_jobs_equal_to_local_runs(slurm, synth_trees
 def test_a_run_longer_than_its_time_limit_requeues_itself_until_it_finishes(
     slurm, synth_trees, tmp_path
 ):
-    """A one-minute time limit, with the launcher's own signal and delay: SLURM sends USR2 at
-    its periodic check (within the first 30 s of each attempt, measured on this cluster), the
-    run checkpoints where it stands and requeues itself, and each attempt continues from
-    last.ckpt until the run ends, with the metrics of the run that was never stopped."""
+    """A two-minute time limit, USR2 due 60 s before it. SLURM sends the signal at the first of
+    its 30 s checks that comes within 30 s of the due time (measured on this cluster), so here
+    30-60 s into each attempt; with a one-minute limit and the launcher's 120 s it came 0-30 s
+    in, at times before the job's handlers were in place (Python still loading the job), and
+    the job died unrequeued. The run checkpoints where it stands and requeues itself, and each
+    attempt continues from last.ckpt until the run ends, with the metrics of the run that was
+    never stopped."""
     sweep = tmp_path / "sweep"
     overrides = [
         f"data.root={synth_trees['ms3']}", "+experiment=synthetic_ms3", *TINY_RUN,
-        "data.train_batch_size=1", "model.net.dropout=0.1", "trainer.max_epochs=16",
+        "data.train_batch_size=1", "model.net.dropout=0.1", "trainer.max_epochs=40",
     ]  # fmt: skip
-    # About 30 s of training on the job's one CPU: more than the first attempt has before the
+    # About 75 s of training on the job's one CPU: more than the first attempt has before the
     # signal, whenever it comes. The local run takes the other CPU meanwhile.
-    job = submit(slurm, sweep, [*RUN, *overrides, "hydra.launcher.timeout_min=1"])
+    limit = ["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=60"]
+    job = submit(slurm, sweep, [*RUN, *overrides, *limit])
     uninterrupted = local_run(tmp_path / "local", overrides)
     finish(job, sweep, timeout=300)
     run_dir = sweep / "0"
