@@ -18,6 +18,8 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 # The real architecture at its smallest: 32 px, width 32, one decoder layer, 4 queries.
 TINY_RUN = [
+    # The trainable tiny PVT (the twins'); the demo's frozen pretrained one has its own tests.
+    "backbone=tiny",
     "data.img_size=32",
     "data.num_workers=0",
     "data.synthetic=null",

@@ -85,6 +85,22 @@ def test_a_non_finite_gradient_of_a_finite_loss_stops_training(synth_trees, tmp_
     assert "no checkpoint had been written yet" in str(raised.value)
 
 
+def test_the_gradient_check_names_non_finite_gradients_and_passes_huge_finite_ones(trained_runs):
+    """The one-kernel check (the gradients' norms) overflows on huge finite values: the exact
+    check then decides, and lets them through; a NaN or infinity anywhere is named."""
+    module = build_module(OmegaConf.load(trained_runs / "0" / "config.yaml"))
+    head = dict(module.net.head.named_parameters())
+    for parameter in module.parameters():
+        parameter.grad = torch.zeros_like(parameter) if parameter.requires_grad else None
+    first, second = (f"net.head.{name}" for name in list(head)[:2])
+    head[first.removeprefix("net.head.")].grad.fill_(1e30)  # its norm: inf in float32
+    module.on_before_optimizer_step(optimizer=None)
+    for value, name in ((float("nan"), second), (float("inf"), second)):
+        head[name.removeprefix("net.head.")].grad.view(-1)[0] = value
+        with pytest.raises(NonFiniteError, match=rf"the gradient of {name} is not finite"):
+            module.on_before_optimizer_step(optimizer=None)
+
+
 def test_a_checkpoint_with_non_finite_weights_is_never_written(trained_runs):
     module = build_module(OmegaConf.load(trained_runs / "0" / "config.yaml"))
     saved = torch.load(trained_runs / "0" / "checkpoints" / "last.ckpt", weights_only=True)

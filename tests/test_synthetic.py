@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from avsac_lit.data import synthetic
 from avsac_lit.data.audio import waveform_to_examples
 from avsac_lit.data.synthetic import CATEGORIES, SHAPES, generate, main, make_clip
 
@@ -164,13 +165,17 @@ def test_deterministic_for_a_seed(tmp_path):
     assert _tree_digest(tmp_path / "a") != _tree_digest(tmp_path / "c")
 
 
-def test_worker_processes_write_the_same_tree_as_one_process(tmp_path):
+def test_worker_processes_and_threads_write_the_same_tree_as_one_thread(tmp_path, monkeypatch):
     # AVSS: the task with the most paths (4:3 frames, 10-frame v2 clips, v1s training clips
     # with one label, class-id references).
-    serial = generate("avss", tmp_path / "serial", videos=9, seed=5, size=32, workers=1)
+    monkeypatch.setattr(synthetic, "write_threads", lambda: 2)
+    threaded = generate("avss", tmp_path / "threaded", videos=9, seed=5, size=32, workers=1)
     pooled = generate("avss", tmp_path / "pooled", videos=9, seed=5, size=32, workers=2)
-    assert _tree_digest(tmp_path / "serial") == _tree_digest(tmp_path / "pooled")
-    assert serial["splits"] == pooled["splits"]  # reference scores included
+    monkeypatch.setattr(synthetic, "write_threads", lambda: 1)
+    serial = generate("avss", tmp_path / "serial", videos=9, seed=5, size=32, workers=1)
+    for other in ("threaded", "pooled"):
+        assert _tree_digest(tmp_path / "serial") == _tree_digest(tmp_path / other)
+    assert serial["splits"] == pooled["splits"] == threaded["splits"]  # reference scores too
 
 
 def test_cli_writes_tree_and_refuses_bad_arguments(tmp_path, capsys):

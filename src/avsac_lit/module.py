@@ -206,6 +206,14 @@ class AVSLitModule(L.LightningModule):
         # The resolved run config, saved into every checkpoint (``build_run`` sets it), so that a
         # checkpoint alone rebuilds its model: avsac_lit.predict and the notebooks.
         self.run_config: dict | None = None
+        # DDP broadcasts every parameter from rank 0 when it wraps the module; the frozen VGGish
+        # (72M parameters, nothing unfreezes it) is already the same on every rank: the same
+        # weight file or the same fixed init, and ddp_spawn's processes unpickle one module.
+        audio = getattr(self.net, "audio", None)
+        if getattr(audio, "freeze", False):
+            self._ddp_params_and_buffers_to_ignore = [
+                f"net.audio.vggish.{name}" for name, _ in audio.vggish.state_dict().items()
+            ]
 
     def stage_metrics(self, stage: str) -> MetricCollection:
         return self.metrics[f"{stage}_metrics"]
@@ -435,10 +443,17 @@ class AVSLitModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         gradients = {n: p.grad for n, p in self.named_parameters() if p.grad is not None}
-        # One check, one synchronisation per step; the names only when it fails.
-        if not gradients or torch.stack([g.isfinite().all() for g in gradients.values()]).all():
+        if not gradients:
+            return
+        # One check, one synchronisation per step; the names only when it fails. A norm is NaN or
+        # infinite when any element is (one fused kernel over all gradients, where a check per
+        # tensor cost two small ops each); it can also overflow on huge finite values, so the
+        # exact check below decides.
+        if torch.stack(torch._foreach_norm(list(gradients.values()))).isfinite().all():
             return
         bad = [name for name, gradient in gradients.items() if not gradient.isfinite().all()]
+        if not bad:
+            return
         shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise NonFiniteError(self.non_finite_message(f"the gradient of {shown} is not finite"))
 

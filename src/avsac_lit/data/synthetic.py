@@ -30,7 +30,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -530,11 +530,19 @@ def default_workers(videos: int, size: int) -> int:
     """Processes for a tree: one per CPU this process may use (at most 8) on 4 or more CPUs, for
     trees large enough to pay for starting them (about 2 s each, importing torch), else 1. On 2
     cores the workers measured no gain (300 MS3 clips at 224 px: 24.6 s in one process, 25.3 s
-    with 2 workers: the clips' scored frames travel back to this process, which scores them)."""
+    with 2 workers: the clips' scored frames travel back to this process, which scores them);
+    there the clips are written by threads instead (:func:`write_threads`)."""
     cpus = len(os.sched_getaffinity(0))
     if cpus < 4 or videos * size * size < 64 * 224 * 224:
         return 1
     return min(8, cpus)
+
+
+def write_threads() -> int:
+    """Threads that render and write clips in a process without worker processes: rendering
+    (NumPy) and PNG encoding (zlib) release the GIL for most of a clip's time, so two threads
+    overlap on two cores without starting processes."""
+    return min(2, len(os.sched_getaffinity(0)))
 
 
 def _clip_plan(task: str, videos: int, seed: int) -> Iterator[tuple[int, str, str]]:
@@ -601,6 +609,9 @@ def generate(
                 "`if __name__ == '__main__':`); writing the clips in this process."
             )
             written = list(map(job, plan))
+    elif write_threads() > 1:
+        with ThreadPoolExecutor(write_threads()) as pool:
+            written = list(pool.map(job, plan))
     else:
         written = list(map(job, plan))
     references = _ReferenceScores(task)

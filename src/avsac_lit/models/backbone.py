@@ -2,7 +2,8 @@
 
 ``pvt_v2_b5`` gives the paper's PVT rows, ``resnet50`` its R50 rows, and ``avsac_tiny_pvt`` (a
 PVT-v2 with one block per stage and narrow widths, registered with timm here) runs the same code
-path on a CPU in tests and the synthetic demo.
+path on a CPU in tests and the synthetic demo. Its pretrained weights (``pretrained=True``) ship
+with the package: made by :mod:`avsac_lit.pretrain` on synthetic frames, as ImageNet made PVT's.
 
 Weights come from a local file in the published format: the PVT release's ``pvt_v2_b5.pth``
 (mapped onto timm's names by timm's own ``checkpoint_filter_fn``) or torchvision's
@@ -13,6 +14,7 @@ Weights come from a local file in the published format: the PVT release's ``pvt_
 from __future__ import annotations
 
 import logging
+from importlib import resources
 from pathlib import Path
 
 import timm
@@ -26,17 +28,30 @@ from avsac_lit.models.weights import fixed_encoder_init, load_checkpoint_file, l
 log = logging.getLogger(__name__)
 
 STRIDES = (4, 8, 16, 32)
+TINY_PVT = "avsac_tiny_pvt"
+# What ``python -m avsac_lit.pretrain --out ...`` wrote; docs/training.md gives its command.
+TINY_PVT_WEIGHTS = "avsac_tiny_pvt_synth.pth"
+
+
+def tiny_pvt_weights() -> Path:
+    """The packaged pretrained weights of ``avsac_tiny_pvt``."""
+    return Path(str(resources.files("avsac_lit") / "weights" / TINY_PVT_WEIGHTS))
 
 
 @register_model
 def avsac_tiny_pvt(pretrained: bool = False, **kwargs) -> PyramidVisionTransformerV2:
-    """A 0.4M-parameter PVT-v2 (depths 1-1-1-1, widths 16-32-64-128) for tests and CPU demos."""
-    if pretrained:
-        raise ValueError("avsac_tiny_pvt has no pretrained weights; it exists for tests and demos.")
+    """A 0.4M-parameter PVT-v2 (depths 1-1-1-1, widths 16-32-64-128) for tests and CPU demos;
+    ``pretrained=True`` loads the weights the package ships (:func:`tiny_pvt_weights`)."""
     args = dict(depths=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128), num_heads=(1, 1, 2, 4))
-    return build_model_with_cfg(
-        PyramidVisionTransformerV2, "avsac_tiny_pvt", pretrained=False, **(args | kwargs)
+    model = build_model_with_cfg(
+        PyramidVisionTransformerV2, TINY_PVT, pretrained=False, **(args | kwargs)
     )
+    if pretrained:
+        # The file holds a backbone (num_classes=0): a classifier would be left untrained.
+        if kwargs.get("num_classes") != 0:
+            raise ValueError(f"{TINY_PVT}'s pretrained weights are a backbone's: num_classes=0.")
+        load_matching(model, load_checkpoint_file(tiny_pvt_weights()), source=TINY_PVT_WEIGHTS)
+    return model
 
 
 class VisualBackbone(nn.Module):
