@@ -30,7 +30,8 @@ TINY_RUN = [
     "model.net.decoder_layers=1",
     "model.net.hidden_dim=64",
     "model.net.heads=4",
-    # The demo validates every 10 epochs without a sanity check; tests look at every epoch.
+    # The demo validates once, after its last epoch, without a sanity check; tests look at every
+    # epoch.
     "trainer.check_val_every_n_epoch=1",
     "trainer.num_sanity_val_steps=2",
     "extras.print_config=false",
