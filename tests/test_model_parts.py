@@ -38,8 +38,14 @@ def test_vggish_weights_in_torchvggish_layout_load_and_agree(tmp_path):
     source = VGGish().eval()
     torch.save(source.state_dict(), tmp_path / "vggish-10086976.pth")
     encoder = AudioEncoder(weights=tmp_path / "vggish-10086976.pth").eval()
+    loaded = encoder.vggish.state_dict()
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in source.state_dict().items())
+    # The encoder runs its convolutions channels-last (faster on a CPU): the same network, the
+    # same values up to float32 rounding.
+    assert encoder.vggish.features[0].weight.is_contiguous(memory_format=torch.channels_last)
     examples = torch.randn(2, 1, 96, 64)
-    assert torch.equal(encoder.vggish(examples), source(examples))
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.vggish(examples), source(examples), rtol=1e-5, atol=1e-6)
 
 
 def test_audio_encoder_is_frozen_but_its_projection_learns():

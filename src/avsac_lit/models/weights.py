@@ -91,10 +91,7 @@ def state_digest(module: nn.Module) -> str:
     ``.data`` or a numpy view, are not noticed: change weights through torch.
     """
     state = module.state_dict()
-    key = tuple(
-        (name, t.device, t.dtype, tuple(t.shape), t.stride(), t.data_ptr(), t._version)
-        for name, t in state.items()
-    )
+    key = _identities(state)
     kept = _DIGESTS.get(module)
     if kept is not None and kept[0] == key:
         return kept[2]
@@ -105,6 +102,20 @@ def state_digest(module: nn.Module) -> str:
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # the buffer, not a copy
     _DIGESTS[module] = (key, list(state.values()), digest.hexdigest())
     return digest.hexdigest()
+
+
+def remember_digest(module: nn.Module, digest: str) -> None:
+    """Keep ``digest`` as :func:`state_digest` of ``module`` as it is now: for a module whose
+    tensors were just copied from a state of known digest (the fixed random VGGish's clones)."""
+    state = module.state_dict()
+    _DIGESTS[module] = (_identities(state), list(state.values()), digest)
+
+
+def _identities(state: Mapping[str, Tensor]) -> tuple:
+    return tuple(
+        (name, t.device, t.dtype, tuple(t.shape), t.stride(), t.data_ptr(), t._version)
+        for name, t in state.items()
+    )
 
 
 # module -> (its tensors' identities and versions, the tensors, their digest); see state_digest.
