@@ -49,22 +49,39 @@ CASES = {
 }  # fmt: skip
 
 
-def _splitmix64(counter: np.ndarray) -> np.ndarray:
-    z = counter + np.uint64(0x9E3779B97F4A7C15)
-    z ^= z >> np.uint64(30)
-    z *= np.uint64(0xBF58476D1CE4E5B9)
-    z ^= z >> np.uint64(27)
-    z *= np.uint64(0x94D049BB133111EB)
-    z ^= z >> np.uint64(31)
-    return z
+# SplitMix64's constants: the increment and the two multipliers of its finaliser.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+# In place, a block at a time: the whole-array expressions made a temporary of every tensor's
+# size per operation, 14x slower on the 160M numbers of a PVT-v2-b5 case (same bits).
+_BLOCK = 1 << 16
 
 
 def uniform(name: str, count: int, seed: int = SEED) -> np.ndarray:
-    """``count`` numbers in [-1, 1) that depend only on ``name``, ``seed`` and their index."""
+    """``count`` numbers in [-1, 1) that depend only on ``name``, ``seed`` and their index:
+    SplitMix64 of ``index + start`` (``start`` from the name's CRC-32 and the seed), its top 53
+    bits scaled to [0, 2) and shifted by -1."""
     start = np.uint64(((zlib.crc32(name.encode()) << 32) ^ seed) & (2**64 - 1))
+    out = np.empty(count, dtype=np.float64)
+    z, shifted = np.empty(_BLOCK, dtype=np.uint64), np.empty(_BLOCK, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        bits = _splitmix64(np.arange(count, dtype=np.uint64) + start)
-    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-52 - 1.0
+        for low in range(0, count, _BLOCK):
+            n = min(_BLOCK, count - low)
+            bits, tmp = z[:n], shifted[:n]
+            np.add(np.arange(low, low + n, dtype=np.uint64), start, out=bits)
+            bits += _GOLDEN
+            for multiplier, shift in ((_MIX1, 30), (_MIX2, 27), (None, 31)):
+                np.right_shift(bits, np.uint64(shift), out=tmp)
+                bits ^= tmp
+                if multiplier is not None:
+                    bits *= multiplier
+            bits >>= np.uint64(11)
+            block = out[low : low + n]
+            block[:] = bits
+            block *= 2.0**-52
+            block -= 1.0
+    return out
 
 
 def weight_for(name: str, shape: tuple[int, ...], seed: int = SEED) -> torch.Tensor:

@@ -129,17 +129,17 @@ def test_ddp_on_two_processes_trains_and_scores_as_one_process(trained_runs, tmp
     """Same effective batch (2 clips x 2 processes against 4 x 1), dropout off (each process
     draws its own masks), in float64 so that the comparison is of the arithmetic, not of float32
     rounding (which leaves about 1e-6: docs/bad_inputs.md): the first step's loss and gradients
-    agree to 1e-10, and after two epochs the validation and test scores, with the true audio and
-    with another clip's, to the rounding of their float32 states (3 clips each, one per batch:
-    one process evaluates two batches, the other one, and no clip is repeated; a check that all
-    processes took together batch by batch once hung there)."""
+    agree to 1e-10, and after two epochs of two steps the validation and test scores, with the
+    true audio and with another clip's, to the rounding of their float32 states (3 clips each,
+    one per batch: one process evaluates two batches, the other one, and no clip is repeated; a
+    check that all processes took together batch by batch once hung there)."""
     data = trained_runs.parent / "data"
     results = {}
     for name, trainer, batch in (("cpu", "cpu", 4), ("ddp", "ddp_sim", 2)):
         record = tmp_path / f"{name}_step.pt"
         extra = [
             f"trainer={trainer}", f"data.train_batch_size={batch}", "trainer.max_epochs=2",
-            "data.eval_batch_size=1",
+            "trainer.limit_train_batches=2", "data.eval_batch_size=1",
             "model.net.dropout=0.0", "~callbacks.overlays", "logger=csv",
             "test_audio=[matched,shuffled]", "trainer.precision=64-true",
             "+callbacks.first_step._target_=avsac_lit.callbacks.FirstStepRecorder",
