@@ -9,12 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 from filelock import FileLock
 
-from avsac_lit.data.synthetic import generate
-from avsac_lit.train import train
-from tests.helpers import tiny_run
+# torch, Lightning and the suite are imported where a fixture needs them: pytest-xdist's
+# controller loads this file too, and needs none of them (4 s of a 2-core machine's start).
 
 # Small frames and few clips keep generation to a few seconds; the layout is the full one.
 TINY = {"s4": 8, "ms3": 8, "avss": 12}
@@ -23,6 +21,8 @@ TINY_SIZE = 64
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     # Workers side by side on the same cores: each runs torch, and the runs and commands it
     # starts, on its share of them rather than on all.
+    import torch
+
     _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -62,6 +62,7 @@ def _isolated_audio_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch)
 @pytest.fixture(scope="session")
 def synth_trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """{task: root} of one tiny generated tree per task. Tests must not modify them."""
+    from avsac_lit.data.synthetic import generate
 
     def build(folder: Path) -> None:
         for task, videos in TINY.items():
@@ -90,6 +91,9 @@ def trained_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     short epochs on a 20-clip SynthAVS-MS3 (3 validation clips, so the audio share has a pair to
     swap), each tested with true and shuffled audio. Also holds the data, in ``data/``. Tests
     must not modify it."""
+    from avsac_lit.data.synthetic import generate
+    from avsac_lit.train import train
+    from tests.helpers import tiny_run
 
     def build(base: Path) -> None:
         data = base / "data"

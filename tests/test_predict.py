@@ -236,15 +236,31 @@ def test_checkpoints_without_their_config_use_the_run_directory_or_say_what_to_p
         load_trained(old, config=other)
 
 
+def predict_command(checkpoint: Path, video: Path, out: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "avsac_lit.predict", f"ckpt_path={checkpoint}",
+        f"input={video}", f"output={out}", "device=cpu",
+    ]  # fmt: skip
+
+
 def test_cli(checkpoint, seven_seconds, tmp_path):
     out = tmp_path / "cli"
-    command = [
-        sys.executable, "-m", "avsac_lit.predict", f"ckpt_path={checkpoint}",
-        f"input={seven_seconds[0]}", f"output={out}", "device=cpu",
-    ]  # fmt: skip
+    command = predict_command(checkpoint, seven_seconds[0], out)
     subprocess.run(command, check=True, capture_output=True, timeout=300)
     assert (out / "overlay.mp4").is_file() and (out / "predictions.json").is_file()
     assert (out / "predict.log").is_file() and (out / ".hydra" / "overrides.yaml").is_file()
+
+
+# Slow: its second process only repeats what two cheaper tests below check in this process:
+# main() refuses a used output before Hydra writes into it, and predict() leaves an earlier
+# prediction whole.
+@pytest.mark.slow
+def test_cli_run_again_into_its_output_is_refused_and_changes_nothing(
+    checkpoint, seven_seconds, tmp_path
+):
+    out = tmp_path / "cli"
+    command = predict_command(checkpoint, seven_seconds[0], out)
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
     # The same command again must not write over the first run (nor append to its log).
     before = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
