@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 
@@ -277,3 +278,18 @@ def test_a_kept_digest_follows_every_change_made_through_torch():
     fresh.load_state_dict(module.state_dict())
     assert state_digest(fresh) == state_digest(module)
     assert state_digest(module.double()) != state_digest(fresh)
+
+
+def test_a_float64_copy_has_the_float32_digest_in_the_dtype_it_was_built_in():
+    """64-true converts the frozen encoders to float64 (exact): compared in float32 they are
+    still what their config builds, so checkpoints leave them out; a value float32 cannot hold
+    gives another digest."""
+    module = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    built = state_digest(module)
+    assert state_digest(module, torch.float32) == built
+    wide = copy.deepcopy(module).double()
+    assert state_digest(wide) != built
+    assert state_digest(wide, torch.float32) == built
+    with torch.no_grad():
+        wide[0].weight[0, 0] += 1e-12  # below float32's resolution, but another tensor
+    assert state_digest(wide, torch.float32) != built

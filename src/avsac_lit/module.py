@@ -28,7 +28,7 @@ from avsac_lit.metrics import (
     counterfactual_shifts,
 )
 from avsac_lit.models.losses import AVSCriterion
-from avsac_lit.models.weights import state_digest
+from avsac_lit.models.weights import floating_dtype, state_digest
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,9 @@ class AVSLitModule(L.LightningModule):
         self.resumed_train_metric_sums: list[dict[str, Tensor]] | None = None
         # What the encoders are when built from the config (a weight file, a hub, or the fixed
         # init): a checkpoint leaves out an encoder that still matches, and rebuilds it on loading.
+        # Compared in the dtype they were built in, so that a float64 copy (64-true) still
+        # matches and is left out.
+        self.encoder_dtypes = {k: floating_dtype(m) for k, m in self.encoders().items()}
         self.encoder_digests = {k: state_digest(m) for k, m in self.encoders().items()}
         self.test_prefix = "test"
         keep_freed_memory()  # every command builds a module: train, eval, predict, bench
@@ -531,7 +534,7 @@ class AVSLitModule(L.LightningModule):
         otherwise (the frozen VGGish alone is 97% of the demo's)."""
         rebuilt = {}
         for prefix, module in self.encoders().items():
-            digest = state_digest(module)
+            digest = state_digest(module, self.encoder_dtypes.get(prefix))
             if digest == self.encoder_digests.get(prefix):
                 state_dict = checkpoint["state_dict"]
                 for key in [k for k in state_dict if k.startswith(prefix + ".")]:
@@ -545,7 +548,8 @@ class AVSLitModule(L.LightningModule):
         rebuilt = (checkpoint.get("avsac_lit") or {}).get("rebuilt_encoders") or {}
         encoders = self.encoders()
         for prefix, digest in rebuilt.items():
-            if prefix not in encoders or state_digest(encoders[prefix]) != digest:
+            built = encoders.get(prefix)
+            if built is None or state_digest(built, self.encoder_dtypes.get(prefix)) != digest:
                 raise ValueError(
                     f"The checkpoint does not store {prefix} (its weights come from the run's "
                     "config: a weight file, timm's hub or the fixed random init), and the one "

@@ -78,9 +78,12 @@ def fixed_encoder_init() -> Iterator[None]:
         yield
 
 
-def state_digest(module: nn.Module) -> str:
+def state_digest(module: nn.Module, dtype: torch.dtype | None = None) -> str:
     """SHA-256 of a module's state (names, dtypes, shapes and bytes): equal digests, equal
-    tensors.
+    tensors. With ``dtype``, of the state with its floating tensors cast to ``dtype`` where the
+    cast loses nothing: a float64 copy of float32 weights (``trainer.precision=64-true``) has the
+    float32 weights' digest under ``dtype=torch.float32``, a float32 module the same digest with
+    or without it, and a tensor holding values the cast would round keeps a digest of its own.
 
     A run asks for the digests of its frozen encoders at every checkpoint it writes or reads
     (hundreds of MB each, 0.16 s for the VGGish), so the last digest of each module is kept with
@@ -88,19 +91,27 @@ def state_digest(module: nn.Module) -> str:
     version on every in-place change (an optimiser step, ``load_state_dict``, ``nn.init``, any
     in-place op under ``no_grad``), and a replaced tensor has another address (the kept
     references stop the old one's memory from being reused). Writes that torch cannot see, through
-    ``.data`` or a numpy view, are not noticed: change weights through torch.
+    ``.data`` or a numpy view, are not noticed: change weights through torch. (Nor are those of
+    kernels that skip the version counter: AdamW's ``fused=True``, which the suite does not use.)
     """
     state = module.state_dict()
+    if dtype is not None and all(t.dtype == dtype for t in state.values() if t.is_floating_point()):
+        dtype = None  # the same bytes: share the digest kept without a cast
     key = _identities(state)
-    kept = _DIGESTS.get(module)
+    kept = _DIGESTS.setdefault(module, {}).get(dtype)
     if kept is not None and kept[0] == key:
         return kept[2]
     digest = hashlib.sha256()
     for name, tensor in state.items():
-        tensor = tensor.detach().cpu().contiguous()
+        tensor = tensor.detach().cpu()
+        if dtype is not None and tensor.is_floating_point():
+            cast = tensor.to(dtype)
+            if torch.equal(cast.to(tensor.dtype), tensor):  # else hashed as it is: no match
+                tensor = cast
+        tensor = tensor.contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # the buffer, not a copy
-    _DIGESTS[module] = (key, list(state.values()), digest.hexdigest())
+    _DIGESTS[module][dtype] = (key, list(state.values()), digest.hexdigest())
     return digest.hexdigest()
 
 
@@ -108,7 +119,15 @@ def remember_digest(module: nn.Module, digest: str) -> None:
     """Keep ``digest`` as :func:`state_digest` of ``module`` as it is now: for a module whose
     tensors were just copied from a state of known digest (the fixed random VGGish's clones)."""
     state = module.state_dict()
-    _DIGESTS[module] = (_identities(state), list(state.values()), digest)
+    _DIGESTS.setdefault(module, {})[None] = (_identities(state), list(state.values()), digest)
+
+
+def floating_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype of a module's first floating tensor (``None`` without one)."""
+    for tensor in module.state_dict().values():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
 
 
 def _identities(state: Mapping[str, Tensor]) -> tuple:
@@ -118,7 +137,8 @@ def _identities(state: Mapping[str, Tensor]) -> tuple:
     )
 
 
-# module -> (its tensors' identities and versions, the tensors, their digest); see state_digest.
-_DIGESTS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, list[Tensor], str]] = (
-    weakref.WeakKeyDictionary()
-)
+# module -> {dtype cast to or None: (its tensors' identities and versions, the tensors, their
+# digest)}; see state_digest.
+_DIGESTS: weakref.WeakKeyDictionary[
+    nn.Module, dict[torch.dtype | None, tuple[tuple, list[Tensor], str]]
+] = weakref.WeakKeyDictionary()
