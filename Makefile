@@ -34,7 +34,7 @@ slurm-check: install ## Start a two-node SLURM cluster on this machine (root), r
 	eval "$$(bash .ci/slurm/cluster env)" && $(PY) -m pytest -m slurm -p no:cacheprovider; \
 	status=$$?; bash .ci/slurm/cluster stop; exit $$status
 
-wheel-check: ## Build the wheel, install it in a fresh venv, run train, eval and predict from elsewhere
+wheel-check: install ## Build the wheel, install it in a fresh venv (dependencies from .venv), run train, eval and predict from elsewhere
 	bash .ci/wheel_check
 
 lint: install ## ruff lint and format check
