@@ -105,12 +105,7 @@ def _batchnorm_worker(rank: int, init_file: str, inputs: torch.Tensor, out_dir: 
 
 def test_batchnorm_statistics_span_the_processes(tmp_path):
     inputs = torch.randn(6, 8) * 3 + 1
-    # Forked: what is checked is the arithmetic across processes, not how they start, and a
-    # spawned process would import this module (Lightning and the suite) for 5 s of a core each.
-    mp.start_processes(
-        _batchnorm_worker, args=(str(tmp_path / "init"), inputs, str(tmp_path)), nprocs=2,
-        start_method="fork",
-    )  # fmt: skip
+    mp.spawn(_batchnorm_worker, args=(str(tmp_path / "init"), inputs, str(tmp_path)), nprocs=2)
     torch.manual_seed(0)
     norm = nn.BatchNorm1d(8)
     with torch.no_grad():
