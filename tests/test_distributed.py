@@ -105,6 +105,8 @@ def _batchnorm_worker(rank: int, init_file: str, inputs: torch.Tensor, out_dir: 
 
 def test_batchnorm_statistics_span_the_processes(tmp_path):
     inputs = torch.randn(6, 8) * 3 + 1
+    # Spawned, not forked: a forked child of a pytest worker that earlier tests left with
+    # threads (wandb's) can inherit a held lock and hang.
     mp.spawn(_batchnorm_worker, args=(str(tmp_path / "init"), inputs, str(tmp_path)), nprocs=2)
     torch.manual_seed(0)
     norm = nn.BatchNorm1d(8)
