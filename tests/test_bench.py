@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 from avsac_lit.bench import PARTS, run
 from avsac_lit.build import compose_config
+from tests import commands
 from tests.helpers import TINY_RUN
 
 # The tiny AVSegFormer on S4-shaped batches, its audio BatchNorm off so that frames are
@@ -41,7 +41,7 @@ def test_the_command_line_compares_two_configs_and_writes_bench_json(tmp_path):
     compare = 'bench.compare="model.net.mask_head_chunk=1 model.net.activation_checkpointing=true"'
     command = [sys.executable, "-m", "avsac_lit.bench", *S4, "bench.flops=false",
                f"hydra.run.dir={tmp_path}", compare]  # fmt: skip
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    finished = commands.run(command, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
     results = json.loads((tmp_path / "bench.json").read_text())
     assert results == json.loads(finished.stdout.strip().splitlines()[-1])

@@ -14,7 +14,6 @@ figures).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from avsac_lit.convert import (
 )
 from avsac_lit.eval import evaluate
 from avsac_lit.predict import predict
+from tests import commands
 from tests.avsegformer_official import (
     CASES,
     FIXTURES,
@@ -74,7 +74,7 @@ def run_converter(case_name: str, folder: Path, *extra: str) -> Path:
     output = folder / "converted.ckpt"
     arguments = convert_command(case_name, source, output, *extra)
     command = [sys.executable, "-m", "avsac_lit.convert", *arguments, f"hydra.run.dir={folder}"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=folder)
+    result = commands.run(command, cwd=folder)
     source.unlink()
     assert result.returncode == 0, result.stderr[-3000:]
     return output
@@ -284,9 +284,9 @@ def test_predict_segments_a_video_with_a_converted_checkpoint(converted_r50, tmp
     assert record["task"] == "s4" and record["seconds"] == 2
 
 
-def test_results_notebook_reads_an_eval_run_of_a_converted_checkpoint(evaluated_r50, monkeypatch):
+def test_results_notebook_reads_an_eval_run_of_a_converted_checkpoint(evaluated_r50):
     run_dir, _ = evaluated_r50
-    notebook = execute("results.ipynb", {"AVSAC_RUN_DIR": str(run_dir)}, monkeypatch)
+    notebook = execute("results.ipynb", {"AVSAC_RUN_DIR": str(run_dir)})
     markdown = "\n".join(outputs(notebook, "text/markdown"))
     assert "**avsegformer** on **s4**" in markdown and "evaluation" in markdown
     assert "`test/miou`" in markdown

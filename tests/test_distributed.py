@@ -167,8 +167,9 @@ def test_ddp_on_two_processes_trains_and_scores_as_one_process(trained_runs, tmp
     # ddp_spawn's main process writes the test rows after a worker wrote the training rows.
     header = (tmp_path / "ddp" / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"val/miou", "test/miou", "train/miou"} <= set(header)
-    # The shuffled condition is a second test call: under ddp_spawn its processes start from the
-    # main process's module, which once carried the first call's metric states into it.
+    # Both conditions are scored in one test call, each in its own metric states; under
+    # ddp_spawn the test's processes start from the main process's module, which once carried
+    # metric states from one call into the next.
     scored = ("val/miou", "val/f", "val/miou_best", "test/miou", "test/f", "test/f_pooled",
               "test_shuffled/miou", "test_shuffled/f")  # fmt: skip
     for name in scored:

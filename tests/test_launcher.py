@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import multiprocessing
 import platform
-import subprocess
 import sys
 
 from avsac_lit import devices
 from avsac_lit.devices import claim_gpu
+from tests import commands
 from tests.helpers import TINY_RUN
 
 
@@ -54,7 +54,7 @@ def test_a_multirun_runs_its_jobs_side_by_side_on_their_own_gpus(synth_trees, tm
         "trainer.max_epochs=1", "trainer.limit_train_batches=1", "test=false",
         "~callbacks.overlays", f"hydra.sweep.dir={sweep}",
     ]  # fmt: skip
-    subprocess.run(command, check=True, capture_output=True, timeout=600)
+    commands.run(command, check=True, timeout=600)
     records = [json.loads((sweep / str(job) / "metrics.json").read_text()) for job in (0, 1)]
     assert sorted(r["cuda_visible_devices"] for r in records) == ["0", "1"]
     assert sorted(r["seed"] for r in records) == [1, 2]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
@@ -13,6 +12,7 @@ from avsac_lit.build import compose_config
 from avsac_lit.models.avsac import AVSAC
 from avsac_lit.models.avsegformer import AVSegFormer
 from avsac_lit.models.losses import AVSCriterion
+from tests import commands
 
 
 def compose_summary(overrides: list[str]):
@@ -66,7 +66,7 @@ def test_summary_prints_counts_and_ends_with_json():
         "task=avss",
         "img_size=64",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    result = commands.run(command, timeout=300, check=True)
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["frames"] == 10
     assert summary["total_params"] == summary["trainable_params"] + summary["frozen_params"]

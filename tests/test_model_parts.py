@@ -259,6 +259,24 @@ def test_the_random_vggish_is_the_same_tensors_on_every_build_and_leaves_the_run
     assert torch.equal(random_vggish().features[0].weight, expected.features[0].weight)
 
 
+def test_a_vggish_built_for_its_shapes_on_meta_keeps_nothing(monkeypatch):
+    """A second build in a process keeps a copy to clone from; one on the meta device (a model
+    built for its shapes) once kept meta tensors there, and failed taking their digest."""
+    from avsac_lit.models import vggish as module
+
+    for name in ("_RANDOM_VGGISH_BUILDS", "_RANDOM_VGGISH_STATE", "_RANDOM_VGGISH_DIGEST"):
+        monkeypatch.setattr(module, name, getattr(module, name))
+    module._RANDOM_VGGISH_BUILDS, module._RANDOM_VGGISH_STATE = 1, None
+    with torch.device("meta"):
+        shapes = [random_vggish() for _ in range(2)]
+    assert all(t.is_meta for build in shapes for t in build.state_dict().values())
+    assert module._RANDOM_VGGISH_STATE is None
+    torch.manual_seed(ENCODER_INIT_SEED)
+    expected = VGGish()
+    expected.reset_parameters()
+    assert torch.equal(random_vggish().features[0].weight, expected.features[0].weight)
+
+
 def test_a_kept_digest_follows_every_change_made_through_torch():
     module = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
     first = state_digest(module)

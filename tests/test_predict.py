@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -28,6 +27,7 @@ from avsac_lit.predict import (
     windows,
     write_predictions,
 )
+from tests import commands
 
 FPS = 8
 RATE = 22050  # not 16 kHz, so predict has to resample
@@ -246,7 +246,7 @@ def predict_command(checkpoint: Path, video: Path, out: Path) -> list[str]:
 def test_cli(checkpoint, seven_seconds, tmp_path):
     out = tmp_path / "cli"
     command = predict_command(checkpoint, seven_seconds[0], out)
-    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    commands.run(command, check=True, timeout=300)
     assert (out / "overlay.mp4").is_file() and (out / "predictions.json").is_file()
     assert (out / "predict.log").is_file() and (out / ".hydra" / "overrides.yaml").is_file()
 
@@ -260,10 +260,10 @@ def test_cli_run_again_into_its_output_is_refused_and_changes_nothing(
 ):
     out = tmp_path / "cli"
     command = predict_command(checkpoint, seven_seconds[0], out)
-    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    commands.run(command, check=True, timeout=300)
     # The same command again must not write over the first run (nor append to its log).
     before = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
-    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    again = commands.run(command, timeout=300)
     assert again.returncode != 0
     assert f"output={out} already holds a prediction" in again.stderr
     assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == before

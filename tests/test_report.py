@@ -18,6 +18,7 @@ from PIL import Image
 
 from avsac_lit.counterfactual import reference_scores
 from avsac_lit.report import ReportError, main, report
+from tests import commands
 from tests.helpers import CONF, TINY_RUN, compose_config
 
 TABLES = sorted(p.stem for p in (CONF / "table").glob("*.yaml"))
@@ -104,7 +105,7 @@ def run_multirun(root: Path, sweep_dir: Path, extra: list[str]) -> subprocess.Co
         f"hydra.sweep.dir={sweep_dir}", *extra,
     ]  # fmt: skip
     env = {**os.environ, "AVSAC_ROOT": str(sweep_dir.parent)}
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    return commands.run(command, env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")

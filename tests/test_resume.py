@@ -9,7 +9,6 @@ import csv
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 
 from avsac_lit.resume import RunStopped, StopSignals
 from avsac_lit.train import train
+from tests import commands
 from tests.helpers import TINY_RUN, tiny_run
 
 # Two epochs of 6 one-clip batches, dropout on (a lost random state would show), a CSV log.
@@ -136,7 +136,7 @@ def test_sigterm_ends_a_run_non_zero_with_one_line_and_its_checkpoint(synth_tree
         f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    result = commands.run(command, timeout=300, env=env)
     assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("Stopped by")]
     assert len(lines) == 1 and "checkpointed to" in lines[0], result.stderr[-3000:]

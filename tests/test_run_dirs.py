@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from avsac_lit.module import NonFiniteError
 from avsac_lit.resume import check_run_directory
 from avsac_lit.run_record import write_metrics
 from avsac_lit.train import train
+from tests import commands
 from tests.helpers import CONF, eval_run, tiny_run
 
 
@@ -102,10 +102,10 @@ def test_the_command_line_refuses_a_used_run_directory_before_writing_anything(t
     run = tmp_path / "run"
     earlier_run(run, ["+experiment=synthetic_ms3", "seed=1"], finished=True, checkpoint=True)
     before = snapshot(run)
-    result = subprocess.run(
+    result = commands.run(
         [sys.executable, "-m", "avsac_lit.train", "+experiment=synthetic_ms3", "seed=2",
          f"hydra.run.dir={run}", f"data.root={tmp_path / 'data'}"],
-        capture_output=True, text=True, timeout=300, env=os.environ | {"AVSAC_ROOT": str(tmp_path)},
+        timeout=300, env=os.environ | {"AVSAC_ROOT": str(tmp_path)},
     )  # fmt: skip
     assert result.returncode == 1
     assert f"Refused: {run} holds an earlier run" in result.stderr

@@ -1,10 +1,10 @@
 """Does the model listen? The test split scored once per audio condition, side by side.
 
-A run with ``test_audio=[matched,shuffled,silent]`` tests the final model once per condition
-(:mod:`avsac_lit.data.conditions`): each test gets the loader of its condition, and the module
-logs under that condition's prefix (``test/``, ``test_shuffled/``, ``test_silent/``). The results
-are laid out as a table, with the synthetic generator's vision-only reference (every visible
-object, sounding or not) when the data has one.
+A run with ``test_audio=[matched,shuffled,silent]`` tests the final model under each condition
+(:mod:`avsac_lit.data.conditions`) in one test call, one loader per condition, and the module
+logs each under that condition's prefix (``test/``, ``test_shuffled/``, ``test_silent/``). The
+results are laid out as a table, with the synthetic generator's vision-only reference (every
+visible object, sounding or not) when the data has one.
 """
 
 from __future__ import annotations
@@ -44,21 +44,19 @@ def test_conditions(
     conditions: list[str],
     ckpt_path: str | None,
 ) -> dict[str, float]:
-    """Test once per audio condition, each on that condition's test loader; the metrics of each
-    go under its own prefix."""
+    """One test call, with one test loader per audio condition; the metrics of each go under its
+    own prefix. (Under ddp_spawn every test call starts its processes again: a call per
+    condition cost a pair of processes each.)"""
     # The loaders are passed to the trainer, not the datamodule, so its data hooks run here.
     if trainer.is_global_zero:
         datamodule.prepare_data()
     trainer.strategy.barrier()
     datamodule.setup("test")
-    metrics: dict[str, float] = {}
-    for condition in conditions:
-        log.info("Testing with audio condition %r", condition)
-        loader = datamodule.test_dataloader(audio=condition)
-        adopt_csv_columns(trainer)
-        trainer.test(module, dataloaders=loader, ckpt_path=ckpt_path)
-        metrics |= scalar_metrics(trainer.callback_metrics)
-    return metrics
+    log.info("Testing with audio conditions %s", ", ".join(map(repr, conditions)))
+    loaders = [datamodule.test_dataloader(audio=condition) for condition in conditions]
+    adopt_csv_columns(trainer)
+    trainer.test(module, dataloaders=loaders, ckpt_path=ckpt_path)
+    return scalar_metrics(trainer.callback_metrics)
 
 
 def report_listening(

@@ -202,7 +202,10 @@ class AVSLitModule(L.LightningModule):
         # matches and is left out.
         self.encoder_dtypes = {k: floating_dtype(m) for k, m in self.encoders().items()}
         self.encoder_digests = {k: state_digest(m) for k, m in self.encoders().items()}
-        self.test_prefix = "test"
+        # The audio conditions of the running test call, one per loader, and the condition of
+        # the batch at hand (on_test_start, test_step).
+        self.test_prefixes, self.test_prefix = ["test"], "test"
+        self.test_metrics: dict[str, MetricCollection] = {}
         keep_freed_memory()  # every command builds a module: train, eval, predict, bench
         # The first non-finite evaluation batch of this epoch, described (batch_is_finite).
         self.non_finite_batch: str | None = None
@@ -293,7 +296,8 @@ class AVSLitModule(L.LightningModule):
         target = batch["masks"][frames]  # [n, H, W]
         if self.num_classes == 1:
             logits = logits[:, 0]
-        self.stage_metrics(stage).update(logits.float(), target)
+        metrics = self.test_metrics[self.test_prefix] if stage == "test" else None
+        (metrics or self.stage_metrics(stage)).update(logits.float(), target)
 
     def eval_loss_scores(self, prefix: str) -> dict[str, Tensor]:
         """The epoch's mean losses under ``prefix``, over every process's clips, then reset.
@@ -311,8 +315,8 @@ class AVSLitModule(L.LightningModule):
         keep_freed_memory()  # again in the processes ddp_spawn starts (they unpickle the module)
         # ddp_spawn hands the module to its processes through shared memory, so without fresh
         # states every process, and the main one, would add into the same metric tensors: the
-        # sums doubled alike (means were right by luck) and a second test call (another audio
-        # condition) started from the first one's sums.
+        # sums doubled alike (means were right by luck) and a test call started from the sums of
+        # the one before.
         for module in self.modules():
             if isinstance(module, Metric):
                 module.reset()
@@ -387,21 +391,34 @@ class AVSLitModule(L.LightningModule):
             self.log("val/miou_best", self.val_miou_best.compute())
 
     def on_test_start(self) -> None:
+        # One test call scores every audio condition, one loader each (test_conditions): under
+        # ddp_spawn each call starts its processes anew.
         loaders = self.trainer.test_dataloaders
-        loader = loaders[0] if isinstance(loaders, list) else loaders
-        self.test_prefix = metric_prefix(condition_of(loader.dataset))
+        loaders = loaders if isinstance(loaders, list) else [loaders]
+        self.test_prefixes = [metric_prefix(condition_of(loader.dataset)) for loader in loaders]
+        template = self.stage_metrics("test")
+        self.test_metrics = {
+            prefix: template if index == 0 else template.clone()
+            for index, prefix in enumerate(self.test_prefixes)
+        }
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.test_prefix = self.test_prefixes[dataloader_idx]
         self.evaluation_step("test", batch, batch_idx)
 
     def on_test_epoch_end(self) -> None:
-        self.stop_on_non_finite_batch(self.test_prefix)
-        scores = self.stage_metrics("test").compute() | self.compute_audio_share("test")
-        self.stage_metrics("test").reset()
-        scores = {self.test_prefix + k.removeprefix("test"): v for k, v in scores.items()}
-        scores |= self.eval_loss_scores(self.test_prefix)
-        self.check_finite_scores(self.test_prefix, scores)
-        self.log_dict(scores, sync_dist=True)
+        self.stop_on_non_finite_batch("test")
+        for prefix in self.test_prefixes:  # in the same order on every process
+            metrics = self.test_metrics[prefix]
+            scores = metrics.compute()
+            metrics.reset()
+            if prefix == "test":
+                scores |= self.compute_audio_share("test")
+            scores = {prefix + k.removeprefix("test"): v for k, v in scores.items()}
+            scores |= self.eval_loss_scores(prefix)
+            self.check_finite_scores(prefix, scores)
+            self.log_dict(scores, sync_dist=True, add_dataloader_idx=False)
+        self.test_metrics = {}
 
     def evaluation_step(self, stage: str, batch: dict, batch_idx: int) -> None:
         outputs, losses = self.model_step(batch)

@@ -77,6 +77,8 @@ def random_vggish() -> VGGish:
     sweeps in one process) keeps a copy and its digest, and clones that from then on (290 MB; a
     process that builds it once keeps nothing)."""
     global _RANDOM_VGGISH_BUILDS, _RANDOM_VGGISH_STATE, _RANDOM_VGGISH_DIGEST
+    if torch.empty(()).is_meta:  # built for its shapes (torch.device("meta")): nothing to draw
+        return VGGish()
     if _RANDOM_VGGISH_STATE is not None:
         with torch.device("meta"):
             vggish = VGGish()
