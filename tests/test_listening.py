@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from avsac_lit.counterfactual import listening_table, metric_prefix
+from avsac_lit.counterfactual import conditions_table, listening_table, metric_prefix
 from avsac_lit.data import build_dataset
 from avsac_lit.data.audio import LOG_OFFSET
 from avsac_lit.data.conditions import AudioCondition, silent_example
@@ -66,3 +66,19 @@ def test_listening_table_rows_and_gains():
         .splitlines()[-1]
         .startswith("Audio share of the final feature (true audio): 0.432,")
     )
+
+
+def test_the_test_call_prints_one_column_per_condition():
+    """One test call scores every condition; Lightning's own table would repeat all of them in a
+    column per loader, so the run prints this one instead."""
+    metrics = {
+        "test/miou": 0.8, "test/audio_share": 0.25, "test_shuffled/miou": 0.5,
+        "val/miou": 0.7, "test_silent/miou": 0.4,
+    }  # fmt: skip
+    table = conditions_table(metrics, ["matched", "shuffled"])
+    columns = {column.header: list(column.cells) for column in table.columns}
+    assert columns == {
+        "Test metric": ["audio_share", "miou"],
+        "true audio": ["0.2500", "0.8000"],
+        "audio of another clip": ["", "0.5000"],
+    }

@@ -17,6 +17,7 @@ import lightning as L
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.table import Table
 
 from avsac_lit.atomic import atomic_path
 from avsac_lit.data import AVSDataModule
@@ -55,8 +56,23 @@ def test_conditions(
     log.info("Testing with audio conditions %s", ", ".join(map(repr, conditions)))
     loaders = [datamodule.test_dataloader(audio=condition) for condition in conditions]
     adopt_csv_columns(trainer)
-    trainer.test(module, dataloaders=loaders, ckpt_path=ckpt_path)
-    return scalar_metrics(trainer.callback_metrics)
+    # Lightning's table would give every loader a column holding every condition's metrics.
+    trainer.test(module, dataloaders=loaders, ckpt_path=ckpt_path, verbose=len(loaders) == 1)
+    metrics = scalar_metrics(trainer.callback_metrics)
+    if len(loaders) > 1 and trainer.is_global_zero:
+        Console().print(conditions_table(metrics, conditions))
+    return metrics
+
+
+def conditions_table(metrics: dict[str, float], conditions: list[str]) -> Table:
+    """Every test metric (rows) of every audio condition (columns)."""
+    prefixes = [metric_prefix(condition) for condition in conditions]
+    names = sorted({k.split("/", 1)[1] for k in metrics if k.split("/", 1)[0] in prefixes})
+    table = Table("Test metric", *(CONDITION_LABELS[c] for c in conditions))
+    for name in names:
+        values = [metrics.get(f"{prefix}/{name}") for prefix in prefixes]
+        table.add_row(name, *("" if value is None else f"{value:.4f}" for value in values))
+    return table
 
 
 def report_listening(
