@@ -2,18 +2,19 @@
 process of their own, with their arguments, environment and working directory, their output
 captured and their exit status returned, as :func:`subprocess.run` does.
 
-The process is forked from a waiting interpreter that has already imported ``avsac_lit`` and timm,
-not started afresh. Every ``python -m avsac_lit.<command>`` imports the package first (and with it
-torch, Lightning and torchmetrics), which took a fresh interpreter ~5 s of a core: a quarter of
-``make test``'s time went on such imports (py-spy, 0.7.0). The waiting interpreter imports them once
-per pytest process and never runs any of the suite's code, so each command still starts from the
+The process is forked from a waiting interpreter that has already imported ``avsac_lit`` and
+timm, not started afresh. Every ``python -m avsac_lit.<command>`` imports the package first (and
+with it torch, Lightning and torchmetrics), which took a fresh interpreter ~5 s of a core: a
+quarter of ``make test``'s time went on such imports (py-spy, 0.7.0). The waiting interpreter
+does those imports once per pytest process and nothing else, so each command starts from the
 package's import state, as it would from a shell. It runs no Python thread when it forks (it
-checks), so the fork cannot inherit a lock that another thread held (numpy's OpenBLAS keeps an idle
-native pool, which handles a fork itself). Where a command needs an
-interpreter set up otherwise (``PYTHON*`` variables other than ``PYTHONPATH``), it runs afresh.
+checks), so the fork cannot inherit a lock that another thread held (numpy's OpenBLAS keeps an
+idle native pool, which handles a fork itself). A command whose environment would set up the
+interpreter otherwise (``PYTHON*`` variables other than ``PYTHONPATH``) runs afresh.
 
 What this cannot show, whether each command imports in a fresh interpreter, the wheel check
-(``make wheel-check``: train, eval and predict from an installed wheel) and the demo show.
+(``make wheel-check``: train, eval and predict from an installed wheel), the SLURM check and the
+demo show. tests/test_commands.py compares a probe command run both ways.
 """
 
 from __future__ import annotations
