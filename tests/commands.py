@@ -96,7 +96,7 @@ class _Server:
 
     def __init__(self) -> None:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        self.startup_env = {k: v for k, v in env.items() if k.startswith("PYTHON")}
+        self.startup_env = _interpreter_settings(env)
         self.process = subprocess.Popen(
             [sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             env=env, cwd=Path(__file__).resolve().parents[1],
@@ -131,6 +131,11 @@ class _Server:
 _server: _Server | None = None
 
 
+def _interpreter_settings(env: dict[str, str]) -> dict[str, str]:
+    """The variables an interpreter reads as it starts, but for PYTHONPATH (a child sets it)."""
+    return {k: v for k, v in env.items() if k.startswith("PYTHON") and k != "PYTHONPATH"}
+
+
 def run(
     command: list[str],
     *,
@@ -147,8 +152,7 @@ def run(
         raise ValueError(f"{command[:3]}: expected [sys.executable, '-m', module, ...]")
     if _server is None or _server.process.poll() is not None:
         _server = _Server()
-    startup = {k: v for k, v in env.items() if k.startswith("PYTHON") and k != "PYTHONPATH"}
-    if startup != _server.startup_env:  # the interpreter would start differently
+    if _interpreter_settings(env) != _server.startup_env:  # it would start differently
         return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd,
                               timeout=timeout, check=check)  # fmt: skip
     with tempfile.TemporaryDirectory() as folder:

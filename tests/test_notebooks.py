@@ -28,13 +28,12 @@ def execute(name: str, env: dict[str, str]) -> nbformat.NotebookNode:
     stays is what imports cached. A kernel that failed a notebook is not used again."""
     environment = {k: v for k, v in os.environ.items() if k.startswith("AVSAC_")} | env
     prepare = nbformat.v4.new_code_cell(
-        "%reset -f\n"
         "import os\n"
         f"os.chdir({str(NOTEBOOKS)!r})\n"
-        "for _name in [n for n in os.environ if n.startswith('AVSAC_')]:\n"
-        "    del os.environ[_name]\n"
+        "for name in [n for n in os.environ if n.startswith('AVSAC_')]:\n"
+        "    del os.environ[name]\n"
         f"os.environ.update({environment!r})\n"
-        "del _name, os"
+        "%reset -f"  # last: the notebook starts from an empty namespace
     )  # fmt: skip
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     notebook.cells.insert(0, prepare)
@@ -46,7 +45,9 @@ def execute(name: str, env: dict[str, str]) -> nbformat.NotebookNode:
     try:
         client.execute()
     except BaseException:
-        _kernel.pop("manager").shutdown_kernel(now=True)
+        manager = _kernel.pop("manager")
+        atexit.unregister(manager.shutdown_kernel)
+        manager.shutdown_kernel(now=True)
         raise
     finally:
         if client.kc is not None:

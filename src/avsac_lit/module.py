@@ -296,8 +296,11 @@ class AVSLitModule(L.LightningModule):
         target = batch["masks"][frames]  # [n, H, W]
         if self.num_classes == 1:
             logits = logits[:, 0]
-        metrics = self.test_metrics[self.test_prefix] if stage == "test" else None
-        (metrics or self.stage_metrics(stage)).update(logits.float(), target)
+        if stage == "test":  # the metrics of the batch's audio condition
+            metrics = self.test_metrics[self.test_prefix]
+        else:
+            metrics = self.stage_metrics(stage)
+        metrics.update(logits.float(), target)
 
     def eval_loss_scores(self, prefix: str) -> dict[str, Tensor]:
         """The epoch's mean losses under ``prefix``, over every process's clips, then reset.
