@@ -236,15 +236,14 @@ def timeline(frames: Iterable, rate: Fraction, path: Path) -> Iterator[Shown]:
     as that frame time: a constant-rate video's frames are then exactly on AVSBench's grid.
 
     Raises:
-        VideoError: a frame without a timestamp, naming the file and how to give it some.
+        VideoError: a frame without a timestamp, naming the file and how to give it one.
     """
     start = None
     for index, frame in enumerate(frames):
         if frame.pts is None:
             raise VideoError(
                 f"{path}: video frame {index} has no timestamp, so when it is shown is unknown. "
-                f"Remux the video with timestamps: ffmpeg -fflags +genpts -i {path} -c copy "
-                "OUT.mkv."
+                f"Re-encode the video, which gives every frame one: ffmpeg -i {path} OUT.mp4."
             )
         time_base = Fraction(frame.time_base)
         start = frame.pts if start is None else start
