@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -22,30 +24,52 @@ from avsac_lit.predict import (
     OutputInUseError,
     VideoError,
     VideoReader,
+    on_screen,
     predict,
+    timeline,
     window_examples,
     windows,
     write_predictions,
 )
+from avsac_lit.viz import mask_palette, overlay
 from tests import commands
 
 FPS = 8
 RATE = 22050  # not 16 kHz, so predict has to resample
 
 
-def encode(path: Path, frames: list[np.ndarray] | None, audio: np.ndarray | None) -> Path:
-    """An mp4 of ``frames`` (uint8 [H, W, 3]) at FPS and ``audio`` (mono float) at RATE."""
+def encode(
+    path: Path,
+    frames: list[np.ndarray] | None,
+    audio: np.ndarray | None,
+    *,
+    fps: float | Fraction = FPS,
+    times_ms: list[int] | None = None,
+    rotation: int = 0,
+    hflip: bool = False,
+) -> Path:
+    """A video (mp4, or the container ``path``'s suffix names) of ``frames`` (uint8 [H, W, 3]) at
+    ``fps``, or shown at ``times_ms`` (a variable frame rate: ``fps`` is then only the nominal
+    rate), with a display matrix that turns them ``rotation`` degrees counterclockwise and then
+    mirrors them left to right if ``hflip``, and ``audio`` (mono float) at RATE."""
     with av.open(str(path), mode="w") as container:
         # Every stream is added before the first packet is written.
         if frames is not None:
-            video = container.add_stream("libx264", rate=FPS)
+            video = container.add_stream("libx264", rate=fps)
             video.height, video.width = frames[0].shape[:2]
             video.pix_fmt = "yuv420p"
+            if times_ms is not None:
+                video.codec_context.time_base = Fraction(1, 1000)
+            if rotation or hflip:
+                video.set_display_rotation(rotation, hflip=hflip)
         if audio is not None:
             sound = container.add_stream("aac", rate=RATE, layout="mono")
         if frames is not None:
-            for image in frames:
-                container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            for k, image in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                if times_ms is not None:
+                    frame.pts, frame.time_base = times_ms[k], Fraction(1, 1000)
+                container.mux(video.encode(frame))
             container.mux(video.encode())
         if audio is not None:
             pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)[None]
@@ -104,11 +128,172 @@ def test_frames_are_sampled_at_the_avsbench_position_and_audio_resampled(seven_s
     reader = VideoReader(path)
     sampled = list(reader.seconds())
     assert reader.fps == FPS and [second for second, *_ in sampled] == list(range(7))
-    assert [index for _, index, _ in sampled] == [8 * s + 7 for s in range(7)]  # int(8 l + 7.5)
-    for second, index, image in sampled:
+    assert [index for _, index, *_ in sampled] == [8 * s + 7 for s in range(7)]  # int(8 l + 7.5)
+    for second, index, _, image in sampled:
         # The sampled frame is the clip's frame, not the grey around it (H.264 is lossy).
         assert np.abs(image.astype(int) - frames[index]).mean() < 8, second
     assert abs(len(reader.audio) - 7 * 16000) < 2048  # at 16 kHz, up to the AAC padding
+
+
+def numbered(k: int) -> np.ndarray:
+    """A 32 x 32 frame that shows ``k`` < 256 in binary, stripe b (4 pixels wide) white when bit b
+    is set: a pattern H.264 keeps readable."""
+    stripes = np.repeat((k >> np.arange(8)) & 1, 4) * 255
+    return np.ascontiguousarray(np.broadcast_to(stripes[None, :, None], (32, 32, 3)), np.uint8)
+
+
+def number_shown(image: np.ndarray) -> int:
+    return sum(int(image[:, 4 * b + 1 : 4 * b + 3].mean() > 128) << b for b in range(8))
+
+
+def avsbench_index(second: int, fps: float | Fraction) -> int:
+    """The frame index AVSBench's preprocessing (and predict up to 0.7.1) took for ``second``."""
+    return int(second * float(fps) + 15 / 16 * float(fps))
+
+
+@pytest.mark.parametrize(
+    ("fps", "suffix", "frames"),
+    [
+        (24, "mp4", 96),
+        (25, "mp4", 98),  # ends at 3.92 s, before 3 + 15/16 s: 3 seconds
+        (Fraction(30000, 1001), "mp4", 118),  # ends 0.23 ms before 3 + 15/16 s: 3 seconds
+        (30, "mp4", 119),  # its last frame is on screen at 3 + 15/16 s: 4 seconds
+        # At 48 fps l + 15/16 s is exactly the time of frame 48 l + 45, which Matroska's
+        # milliseconds put half a millisecond late; 141 frames end exactly at 2 + 15/16 s.
+        (48, "mkv", 141),
+        (48, "mkv", 142),
+    ],
+)
+def test_a_constant_rate_video_gives_the_frames_of_avsbench_frame_index(
+    fps, suffix, frames, tmp_path
+):
+    """Frames chosen by their timestamps are the frames 0.7.1 (and AVSBench) chose by index."""
+    path = encode(tmp_path / f"clip.{suffix}", [numbered(k) for k in range(frames)], tone(4.2),
+                  fps=fps)  # fmt: skip
+    reader = VideoReader(path)
+    indices = [avsbench_index(second, fps) for second in range(4)]
+    expected = [(second, index) for second, index in enumerate(indices) if index < frames]
+    sampled = list(reader.seconds())
+    # Which frame (its index and the number it shows) for which second; then its time.
+    assert [(second, index) for second, index, *_ in sampled] == expected
+    assert [number_shown(image) for *_, image in sampled] == [index for _, index in expected]
+    assert reader.rate == fps
+    assert [sample.time for sample in sampled] == [index / Fraction(fps) for _, index in expected]
+
+
+def constant_rate(fps: Fraction, time_base: Fraction, frames: int) -> list[SimpleNamespace]:
+    """What a decoder gives for ``frames`` frames at ``fps`` in ``time_base``: timestamps and
+    durations rounded to the nearest tick, as FFmpeg's muxers write them."""
+    ticks = 1 / (fps * time_base)  # a frame's length in ticks
+
+    def nearest(value: Fraction) -> int:
+        return math.floor(value + Fraction(1, 2))
+
+    return [SimpleNamespace(pts=nearest(k * ticks), duration=nearest(ticks), time_base=time_base)
+            for k in range(frames)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fps", "time_base", "seconds"),
+    [
+        # At 29.97 fps l + 15/16 s is first exactly a frame time at l = 437 (frame 13125), at 48
+        # fps every second (frame 48 l + 45); milliseconds put both half a millisecond late.
+        (Fraction(30000, 1001), Fraction(1, 1000), 440),
+        (Fraction(48), Fraction(1, 1000), 60),
+    ],
+)
+def test_timestamps_give_avsbench_frame_index_at_every_second_of_a_long_video(
+    fps, time_base, seconds
+):
+    """Minutes of frames, as the decoder gives their timestamps (encoding them would take long):
+    at every second the frame chosen by timestamp is AVSBench's frame index."""
+    frames = constant_rate(fps, time_base, int(seconds * fps))
+    chosen = [shown.index for _, shown in on_screen(timeline(frames, fps, Path("x")), seconds)]
+    assert chosen == [avsbench_index(second, fps) for second in range(seconds)]
+
+
+VFR_TIMES_MS = [0, 100, 900, 950, 1200, 2980, 3000, 3500, 3920, 3950]
+
+
+@pytest.mark.parametrize("suffix", ["mp4", "mkv"])
+def test_a_variable_rate_video_gives_the_frame_on_screen_at_each_sampling_time(suffix, tmp_path):
+    """Frames shown at irregular times (a nominal 4 fps): second l's frame is the one on screen at
+    l + 15/16 s. Frame 4 (shown at 1.2 s) stays until 2.98 s, so it is the frame of seconds 1 and
+    2, and the last second counts: frame 8 is on screen at 3 + 15/16 s."""
+    frames = [numbered(k) for k in range(len(VFR_TIMES_MS))]
+    path = encode(tmp_path / f"vfr.{suffix}", frames, tone(4.2), fps=4, times_ms=VFR_TIMES_MS)
+    sampled = list(VideoReader(path).seconds())
+    # (second, frame index, the number the frame shows): which frame was sampled for which second.
+    assert [(second, index, number_shown(image)) for second, index, *_, image in sampled] == [
+        (0, 2, 2), (1, 4, 4), (2, 4, 4), (3, 8, 8)
+    ]  # fmt: skip
+    assert [float(sample.time) for sample in sampled] == [0.9, 1.2, 1.2, 3.92]
+
+
+def portrait() -> np.ndarray:
+    """An upright 64 x 48 picture that any turn or mirror changes: red grows to the right, green
+    downwards."""
+    y, x = np.mgrid[0:64, 0:48]
+    return np.stack([x * 5, y * 4, np.full_like(x, 60)], axis=-1).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("rotation", "hflip", "reported", "stored"),
+    [
+        (90, False, 90, lambda picture: np.rot90(picture, -1)),  # stored turned clockwise
+        (270, False, -90, lambda picture: np.rot90(picture, 1)),  # a phone's portrait video
+        (90, True, 90, lambda picture: np.rot90(picture[:, ::-1], -1)),
+    ],
+)
+def test_a_rotated_video_is_sampled_upright(rotation, hflip, reported, stored, tmp_path):
+    """The display matrix turns the stored (sideways) frames upright, as players show them."""
+    picture = portrait()
+    frames = [np.ascontiguousarray(stored(picture))] * (FPS * 2)
+    path = encode(tmp_path / "phone.mp4", frames, tone(2.1), rotation=rotation, hflip=hflip)
+    reader = VideoReader(path)
+    images = [image for *_, image in reader.seconds()]
+    assert len(images) == 2
+    for image in images:
+        assert image.shape == picture.shape  # 64 high, 48 wide: not sideways
+        assert np.abs(image.astype(int) - picture).mean() < 6  # and not upside down nor mirrored
+    assert (reader.rotation, reader.mirrored) == (reported, hflip)
+
+
+def test_a_rotation_by_other_than_quarter_turns_is_refused(tmp_path):
+    path = encode(tmp_path / "askew.mp4", [portrait()] * FPS * 2, tone(2), rotation=-45)
+    with pytest.raises(VideoError, match="turns the picture by -45 degrees, not a multiple of 90"):
+        VideoReader(path)
+
+
+def test_predict_on_a_rotated_variable_rate_video_writes_upright_results_at_the_frame_times(
+    checkpoint, tmp_path
+):
+    """A phone's portrait video (stored sideways, rotation -90) with frames at irregular times:
+    the masks and the overlay are upright at the displayed size, and predictions.json gives the
+    rotation and each frame's index and timestamp."""
+    picture = portrait()
+    frames = [np.ascontiguousarray(np.rot90(picture, 1))] * len(VFR_TIMES_MS)
+    path = encode(tmp_path / "phone.mp4", frames, tone(4.2), fps=4, times_ms=VFR_TIMES_MS,
+                  rotation=-90)  # fmt: skip
+    files = predict(checkpoint, path, tmp_path / "out", task="ms3")
+    record = json.loads(files["json"].read_text())
+    assert [(f["frame"], f["source_frame_index"], f["time_s"]) for f in record["frames"]] == [
+        (1, 2, 0.9), (2, 4, 1.2), (3, 4, 1.2), (4, 8, 3.92)
+    ]  # fmt: skip
+    masks = []
+    for k in range(1, 5):
+        with Image.open(files["masks"] / f"frame_{k:04d}.png") as mask:
+            assert mask.size == (48, 64)  # width, height as displayed
+            masks.append(np.asarray(mask) // 255)
+    with av.open(str(files["video"])) as container:
+        shown = list(container.decode(video=0))
+        assert [frame.rotation for frame in shown] == [0] * 4  # upright pixels, no matrix
+        images = [frame.to_ndarray(format="rgb24") for frame in shown]
+    for image, mask in zip(images, masks, strict=True):
+        assert image.shape == picture.shape
+        expected = overlay(picture, mask, mask_palette(1))
+        assert np.abs(image.astype(int) - expected).mean() < 8
+    assert (record["rotation"], record["mirrored"]) == (-90, False)
 
 
 def test_predict_writes_the_overlay_video_masks_and_json(checkpoint, seven_seconds, tmp_path):

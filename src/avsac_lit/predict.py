@@ -4,9 +4,14 @@
 The video is read with PyAV (anything FFmpeg reads: mp4, mkv, webm, avi, mov...) and prepared as
 AVSBench prepared its clips:
 
-* one frame per second, the one AVSBench's preprocessing keeps: for second l, frame index
-  ``int(l * fps + 15 / 16 * fps)``, near the end of the second; a second counts when that frame
-  and the whole second of audio exist;
+* one frame per second, the one AVSBench's preprocessing keeps: for second l, the frame on screen
+  at ``l + 15/16`` s, near the end of the second, found by the frames' presentation timestamps
+  (measured from the first frame's). At a constant frame rate that is AVSBench's frame index
+  ``int(l * fps + 15 / 16 * fps)``; at a variable one it is the frame shown at that moment. A
+  second counts when a frame is on screen at its ``l + 15/16`` s (the video has not ended by then)
+  and the audio covers the whole second;
+* each frame turned upright as players show it: the video track's display matrix (a phone's
+  portrait video is stored sideways with a rotation of -90 degrees) is applied to every frame;
 * the audio track, mixed to mono and resampled to 16 kHz, through our VGGish front end, one
   log-mel example per second;
 * consecutive windows of the training clip length (5 s for S4/MS3, 10 s for AVSS), each prepared
@@ -17,10 +22,10 @@ AVSBench prepared its clips:
 Frames are decoded and written window by window, so memory holds one window of frames (and the
 audio track, 128 kB per second) whatever the video's length. Written to
 ``output``: ``overlay.mp4`` (the sampled frames with their masks, one per second, with the audio),
-``masks/frame_NNNN.png`` (at the video's resolution: 0/255 for S4/MS3, AVSS class ids with their
-colour palette), and ``predictions.json`` (per frame: time, sounding-object area and scores; AVSS
-per class). ``task=s4|ms3|avss`` refuses a checkpoint trained for another task. docs/predict.md
-has the details.
+``masks/frame_NNNN.png`` (at the video's displayed resolution: 0/255 for S4/MS3, AVSS class ids
+with their colour palette), and ``predictions.json`` (the rotation applied; per frame: its
+timestamp, sounding-object area and scores; AVSS per class), all upright. ``task=s4|ms3|avss``
+refuses a checkpoint trained for another task. docs/predict.md has the details.
 
 ``output`` must be a new or empty directory: one that already holds files (an earlier prediction,
 anything) is refused before anything is read, so a prediction never writes over an earlier run nor
@@ -41,6 +46,7 @@ import sys
 from collections.abc import Collection, Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 import numpy as np
@@ -58,7 +64,7 @@ from avsac_lit.viz import mask_palette, overlay, predicted_masks
 
 log = logging.getLogger(__name__)
 
-FRAME_POSITION = 15 / 16  # AVSBench keeps sub-sample 15 of 16 in each second
+FRAME_POSITION = Fraction(15, 16)  # AVSBench keeps sub-sample 15 of 16 in each second
 READABLE = "Expected a video file with a video and an audio track that FFmpeg can read"
 
 
@@ -133,14 +139,33 @@ def check_output(output: Path, own: Collection[str] = ()) -> None:
         )
 
 
+class Sample(NamedTuple):
+    """The frame sampled for one second of the video."""
+
+    second: int
+    index: int  # of the frame among the decoded frames
+    time: Fraction  # its presentation time, in seconds from the first frame's
+    image: np.ndarray  # RGB uint8 [H, W, 3], upright
+
+
+class Shown(NamedTuple):
+    """A decoded frame and when it is on screen, in seconds from the first frame's time."""
+
+    index: int
+    time: Fraction
+    end: Fraction  # its time plus its duration: when the next frame replaces it at the latest
+    frame: object  # av.VideoFrame
+
+
 class VideoReader:
     """A video file checked and opened for sampling: its audio decoded (mono 16 kHz, as float
-    int16 / 32768 like the reference reads wavs), its frames sampled on demand by
-    :meth:`seconds`.
+    int16 / 32768 like the reference reads wavs), the display matrix of its video track read, its
+    frames sampled on demand by :meth:`seconds`.
 
     Raises:
         FileNotFoundError: no such file.
-        VideoError: unreadable, no video or no audio track, less than a second of audio.
+        VideoError: unreadable, no video or no audio track, less than a second of audio, a
+            display matrix that is not a quarter turn.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -163,10 +188,18 @@ class VideoReader:
             rate = stream.average_rate or stream.guessed_rate
             if not rate:
                 raise VideoError(f"{self.path}: the video track has no frame rate. {READABLE}.")
-            self.fps = float(Fraction(rate))
+            self.rate = Fraction(rate)
+            self.fps = float(self.rate)
             self.audio = decode_audio(container)
         if len(self.audio) < SAMPLE_RATE:
             raise self.too_short()
+        # FFmpeg attaches the track's display matrix to every decoded frame; the first tells it.
+        with self.opened() as container:
+            first = next(container.decode(video=0), None)
+        self.turn = display_turn(self.path, first)
+        self.rotation = first.rotation if first is not None else 0
+        a, b, c, d = self.turn
+        self.mirrored = a * d - b * c < 0
 
     def opened(self):
         import av
@@ -183,17 +216,95 @@ class VideoReader:
             "per second of video."
         )
 
-    def seconds(self) -> Iterator[tuple[int, int, np.ndarray]]:
-        """(second, frame index, RGB frame uint8 [H, W, 3]) of every whole second, in order."""
-        audio_seconds = len(self.audio) // SAMPLE_RATE
-        second = 0
+    def seconds(self) -> Iterator[Sample]:
+        """The frame of every whole second, in order (see :func:`on_screen`), upright."""
         with self.opened() as container:
-            for index, frame in enumerate(container.decode(video=0)):
-                if second >= audio_seconds:
-                    break
-                if index == int(second * self.fps + FRAME_POSITION * self.fps):
-                    yield second, index, frame.to_ndarray(format="rgb24")
-                    second += 1
+            frames = timeline(container.decode(video=0), self.rate, self.path)
+            for second, shown in on_screen(frames, len(self.audio) // SAMPLE_RATE):
+                image = upright(shown.frame.to_ndarray(format="rgb24"), self.turn)
+                yield Sample(second, shown.index, shown.time, image)
+
+
+def timeline(frames: Iterable, rate: Fraction, path: Path) -> Iterator[Shown]:
+    """The decoded ``frames`` (av.VideoFrame, in presentation order) with their times, in seconds
+    from the first frame's timestamp. That is the stream's start but for AVI with B-frames, whose
+    stream starts at the first decoding time, a frame earlier. A frame without a duration is
+    taken to last 1 / ``rate``.
+
+    A timestamp is rounded (or truncated) to a tick of its time base (Matroska and WebM count in
+    milliseconds), so a time less than a tick from a frame time of the constant ``rate`` is taken
+    as that frame time: a constant-rate video's frames are then exactly on AVSBench's grid.
+
+    Raises:
+        VideoError: a frame without a timestamp, naming the file and how to give it one.
+    """
+    start = None
+    for index, frame in enumerate(frames):
+        if frame.pts is None:
+            raise VideoError(
+                f"{path}: video frame {index} has no timestamp, so when it is shown is unknown. "
+                f"Re-encode the video, which gives every frame one: ffmpeg -i {path} OUT.mp4."
+            )
+        time_base = Fraction(frame.time_base)
+        start = frame.pts if start is None else start
+        time = (frame.pts - start) * time_base
+        duration = frame.duration * time_base if frame.duration else 1 / rate
+        yield Shown(index, on_grid(time, time_base, rate),
+                    on_grid(time + duration, time_base, rate), frame)  # fmt: skip
+
+
+def on_grid(time: Fraction, time_base: Fraction, rate: Fraction) -> Fraction:
+    """``time``, or the nearest multiple of 1 / ``rate`` when it is less than a tick of
+    ``time_base`` away (as far as writing it in that time base can have moved it)."""
+    grid = round(time * rate) / rate
+    return grid if abs(grid - time) < time_base else time
+
+
+def on_screen(frames: Iterable[Shown], seconds: int) -> Iterator[tuple[int, Shown]]:
+    """(l, the frame on screen at ``l + 15/16`` s) for each second l < ``seconds`` in turn: the
+    last of ``frames`` (in presentation order) whose time is at or before it. A frame shown
+    through several such times is the frame of each of them. A second counts while the video
+    has not ended: the last frame is on screen until its end."""
+    second, shown = 0, None
+    for frame in frames:
+        while shown is not None and second < seconds and frame.time > second + FRAME_POSITION:
+            yield second, shown
+            second += 1
+        if second >= seconds:
+            return
+        shown = frame
+    while shown is not None and second < seconds and second + FRAME_POSITION < shown.end:
+        yield second, shown
+        second += 1
+
+
+def display_turn(path: Path, frame) -> tuple[int, int, int, int]:
+    """The quarter turn (and mirroring) of the display matrix on ``frame`` (an av.VideoFrame, or
+    None), as the signs (a, b, c, d) of its linear part: the pixel at (x, y) is displayed at
+    (a x + c y, b x + d y). (1, 0, 0, 1) without a matrix.
+
+    Raises:
+        VideoError: a matrix that turns the picture by anything but quarter turns.
+    """
+    matrix = None if frame is None else frame.side_data.get("DISPLAYMATRIX")
+    if matrix is None:
+        return 1, 0, 0, 1
+    a, b, _, c, d = (int(value) for value in np.frombuffer(bytes(matrix)[:20], dtype=np.int32))
+    if not (a and d and not b and not c) and not (b and c and not a and not d):
+        raise VideoError(
+            f"{path}: its display matrix turns the picture by {frame.rotation} degrees, not a "
+            "multiple of 90; predict turns frames upright by quarter turns only. Re-encode it "
+            f"upright (ffmpeg applies the rotation): ffmpeg -i {path} OUT.mp4."
+        )
+    return tuple(int(np.sign(value)) for value in (a, b, c, d))
+
+
+def upright(image: np.ndarray, turn: tuple[int, int, int, int]) -> np.ndarray:
+    """``image`` [H, W, 3] as displayed under the quarter turn ``turn`` of :func:`display_turn`."""
+    a, b, c, d = turn
+    if a == 0:  # displayed rows run along stored columns: x' = c y, y' = b x
+        image, a, d = image.transpose(1, 0, 2), c, b
+    return np.ascontiguousarray(image[::d, ::a])
 
 
 def decode_audio(container) -> np.ndarray:
@@ -304,7 +415,11 @@ class OverlayVideo:
 
 
 def check_finite(
-    logits: torch.Tensor, window: list, reader: VideoReader, model: TrainedModel, output: Path
+    logits: torch.Tensor,
+    window: list[Sample],
+    reader: VideoReader,
+    model: TrainedModel,
+    output: Path,
 ) -> None:
     """Stop at the first frame of ``window`` whose logits [T, K, S, S] hold a NaN or an
     infinity: its mask would be empty (NaN) or full (+inf) and its scores NaN, written as if
@@ -318,7 +433,7 @@ def check_finite(
     if bool(finite.all()):
         return
     t = int((~finite).nonzero()[0])
-    second, index, _ = window[t]
+    sample = window[t]
     values = logits[t]
     counts = {
         "NaN": int(values.isnan().sum()),
@@ -328,8 +443,8 @@ def check_finite(
     what = ", ".join(f"{n} of {values.numel()} values {'is' if n == 1 else 'are'} {kind}"
                      for kind, n in counts.items() if n)  # fmt: skip
     raise NonFiniteError(
-        f"{reader.path}: the model's logits for frame {second + 1} (at "
-        f"{round(index / reader.fps, 3):g} s) are not finite: {what}. Masks and scores computed "
+        f"{reader.path}: the model's logits for frame {sample.second + 1} (at "
+        f"{round(float(sample.time), 3):g} s) are not finite: {what}. Masks and scores computed "
         "from them would be meaningless, so predict stopped: no predictions.json was written and "
         f"the masks and video written so far were removed from {output}. A model gives NaN or "
         "inf when its weights are broken: check the checkpoint with `python -m avsac_lit.eval "
@@ -410,7 +525,7 @@ def predict(
         raise reader.too_short()
     made = [folder for folder in (output / "masks", output) if not folder.exists()]
     (output / "masks").mkdir(parents=True, exist_ok=True)
-    height, width = first[2].shape[:2]
+    height, width = first.image.shape[:2]
     palette = mask_palette(model.num_classes)
     records: list[dict] = []
     written: list[Path] = []
@@ -418,21 +533,21 @@ def predict(
     try:
         video = OverlayVideo(output / "overlay.mp4", height, width)
         for window in windows(itertools.chain([first], seconds), model.clip_frames):
-            begin, end = window[0][0], window[-1][0] + 1
-            frames = torch.stack([model.frame_tensor(Image.fromarray(image))
-                                  for *_, image in window])  # fmt: skip
+            begin, end = window[0].second, window[-1].second + 1
+            frames = torch.stack([model.frame_tensor(Image.fromarray(sample.image))
+                                  for sample in window])  # fmt: skip
             audio = window_examples(reader.audio, begin, end)
             logits = model(frames, audio)["logits"].float()  # [T, K, S, S]
             check_finite(logits, window, reader, model, output)
             logits = F.interpolate(logits, size=(height, width), mode="bilinear",
                                    align_corners=False)  # fmt: skip
-            for (second, index, image), frame_logits in zip(window, logits.cpu(), strict=True):
+            for sample, frame_logits in zip(window, logits.cpu(), strict=True):
                 mask, record = read_logits(frame_logits, model, threshold)
-                written.append(output / "masks" / f"frame_{second + 1:04d}.png")
+                written.append(output / "masks" / f"frame_{sample.second + 1:04d}.png")
                 save_mask(written[-1], mask, palette, model.num_classes)
-                video.add(overlay(image, mask, palette))
-                frame = {"frame": second + 1, "time_s": round(index / reader.fps, 4)}
-                records.append(frame | {"source_frame_index": index} | record)
+                video.add(overlay(sample.image, mask, palette))
+                frame = {"frame": sample.second + 1, "time_s": round(float(sample.time), 4)}
+                records.append(frame | {"source_frame_index": sample.index} | record)
             log.info("Seconds %d-%d done", begin + 1, end)
         video.close(reader.audio[: len(records) * SAMPLE_RATE])
         write_predictions(output / "predictions.json", summary(reader, model, records, threshold))
@@ -467,6 +582,8 @@ def summary(
         "task": model.task,
         "model": str(model.config.model.name),
         "fps": reader.fps,
+        "rotation": reader.rotation,
+        "mirrored": reader.mirrored,
         "seconds": len(records),
         "window_seconds": model.clip_frames,
         "threshold": threshold,
