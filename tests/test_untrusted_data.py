@@ -4,13 +4,19 @@ refused with the file named (issue 38)."""
 
 from __future__ import annotations
 
+import builtins
+import io
+import os
+import pickle
 import re
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from avsac_lit.data import build_dataset
+from avsac_lit.data.io import load_log_mel_pickle, save_log_mel_pickle
 from avsac_lit.safe_paths import inside
 from avsac_lit.train import train
 from tests.helpers import tiny_run
@@ -79,3 +85,59 @@ def test_files_from_data_are_written_only_inside_their_directory(tmp_path):
     for name in ("../outside.png", "/tmp/outside.png", "..", "a\\b.png", ""):
         with pytest.raises(ValueError, match=rf"Refusing to use {re.escape(repr(name))} as a file"):
             inside(tmp_path, name)
+
+
+def _published_pickle(path: Path, tensor) -> None:
+    # As AVSBench's preprocessing wrote audio_log_mel/*.pkl (preprocess_s4.py,
+    # extract_one_log_mel): pickle.dump of the torch tensor vggish_input.wavfile_to_examples made.
+    with open(path, "wb") as fw:
+        pickle.dump(tensor, fw)
+
+
+def test_log_mel_pickles_of_tensors_and_arrays_load_to_the_same_values(tmp_path):
+    examples = torch.randn(5, 1, 96, 64)
+    _published_pickle(tmp_path / "published.pkl", examples)
+    save_log_mel_pickle(tmp_path / "ours.pkl", examples)
+    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        (tmp_path / f"array_{protocol}.pkl").write_bytes(
+            pickle.dumps(examples.numpy(), protocol=protocol)
+        )
+    # NumPy 1 names its reconstructor numpy.core.multiarray (protocol 2 names it in plain text).
+    numpy_1 = pickle.dumps(examples.numpy(), protocol=2).replace(b"numpy._core.", b"numpy.core.")
+    (tmp_path / "array_numpy_1.pkl").write_bytes(numpy_1)
+    for path in sorted(tmp_path.glob("*.pkl")):
+        assert torch.equal(load_log_mel_pickle(path, (5, 1, 96, 64)), examples), path.name
+
+
+class _Shell:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+class _Exec(_Shell):
+    def __reduce__(self):
+        return builtins.exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+class _InStorage(_Shell):
+    """A payload inside a tensor's storage bytes, which torch reads with weights_only=False."""
+
+    def __reduce__(self):
+        inner = io.BytesIO()
+        torch.save(_Shell(self.marker), inner, _use_new_zipfile_serialization=False)
+        return torch.storage._load_from_bytes, (inner.getvalue(),)
+
+
+@pytest.mark.parametrize("payload", [_Shell, _Exec, _InStorage])
+def test_a_log_mel_pickle_that_would_run_code_is_refused_naming_it(tmp_path, payload):
+    path, marker = tmp_path / "clip.pkl", tmp_path / "marker"
+    path.write_bytes(pickle.dumps(payload(marker)))
+    with pytest.raises(ValueError) as raised:
+        load_log_mel_pickle(path, (5, 1, 96, 64))
+    assert not marker.exists()
+    message = str(raised.value)
+    assert f"Log-mel pickle {path} is refused" in message and "nothing in it ran" in message
+    assert "Delete it to have the log-mel computed from the clip's wav" in message

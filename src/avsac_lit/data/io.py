@@ -1,18 +1,33 @@
 """Reading the files of an AVSBench tree: frames, masks, colour labels and log-mel pickles.
 
 Every reader names the file it failed on, because a dataset has tens of thousands of them and a
-bare ``PIL.UnidentifiedImageError`` does not say which one is broken.
+bare ``PIL.UnidentifiedImageError`` does not say which one is broken. The log-mel pickles are
+read by an unpickler that builds tensors and arrays and nothing else, so a tampered one cannot
+run code (:func:`load_log_mel_pickle`).
 """
 
 from __future__ import annotations
 
+import codecs
+import collections
+import io
 import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch._utils
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
+
+from avsac_lit.atomic import atomic_path
+
+try:  # NumPy 2; NumPy 1 has them in numpy.core
+    from numpy._core.multiarray import _reconstruct
+    from numpy._core.numeric import _frombuffer
+except ImportError:
+    from numpy.core.multiarray import _reconstruct
+    from numpy.core.numeric import _frombuffer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -223,22 +238,87 @@ def load_color_label(path: Path, size: int, palette: np.ndarray, *, crop: bool) 
     return torch.from_numpy(np.asarray(image).astype(np.int64))
 
 
-def load_log_mel_pickle(path: Path, expected_shape: tuple[int, ...]) -> torch.Tensor:
-    """An AVSBench ``audio_log_mel/*.pkl``: a pickled torch tensor, checked against its shape.
+class RefusedPickle(pickle.UnpicklingError):
+    """A pickle that asks for more than a tensor or an array: ``what`` it asked for, in words."""
 
-    These files are pickles by publication; only open ones from a source you trust.
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+def _storage_from_bytes(data: bytes) -> torch.TypedStorage:
+    # torch pickles a tensor's storage as a torch.save file of its own, which torch reads back
+    # with weights_only=False, so that file could run code too: read it with torch's restricted
+    # reader.
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise RefusedPickle(
+            "its tensor's storage is a torch file that asks for more than a storage (torch's "
+            "weights-only reader refused it)"
+        ) from error
+
+
+# Everything a pickled tensor (AVSBench's files, torch 1.x and 2.x) or NumPy array (NumPy 1 and
+# 2, protocols 2 to 5) calls to be rebuilt, and nothing else.
+LOG_MEL_PICKLE_GLOBALS = {
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
+    ("collections", "OrderedDict"): collections.OrderedDict,  # a tensor's (empty) hooks
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("_codecs", "encode"): codecs.encode,  # bytes in protocol 2
+}
+
+
+class LogMelUnpickler(pickle.Unpickler):
+    """Unpickles tensors and arrays only: any other function or class a pickle names (``os.system``,
+    ``builtins.exec``, any module's) is refused before it is looked up, so nothing runs."""
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return LOG_MEL_PICKLE_GLOBALS[(module, name)]
+        except KeyError:
+            raise RefusedPickle(f"it calls {module}.{name}") from None
+
+
+def load_log_mel_pickle(path: Path, expected_shape: tuple[int, ...]) -> torch.Tensor:
+    """An AVSBench ``audio_log_mel/*.pkl``: a pickled torch tensor (or NumPy array), checked
+    against its shape.
+
+    Read with :class:`LogMelUnpickler`: a pickle that asks for anything but a tensor's or an
+    array's parts is refused, naming the file, without running any of it.
     """
     if not path.is_file():
         raise FileNotFoundError(f"Missing file: {path}")
+    expected = (
+        f"Expected a pickled torch tensor of shape {list(expected_shape)} as written by AVSBench's "
+        "preprocessing"
+    )
     try:
         with path.open("rb") as handle:
-            value = pickle.load(handle)
-    except Exception as error:
+            value = LogMelUnpickler(handle).load()
+    except RefusedPickle as refused:
         raise ValueError(
-            f"Cannot read log-mel pickle {path}: {error}. Expected a pickled torch tensor of "
-            f"shape {list(expected_shape)} as written by AVSBench's preprocessing."
-        ) from error
-    tensor = (value if torch.is_tensor(value) else torch.as_tensor(np.asarray(value))).float()
+            f"Log-mel pickle {path} is refused: {refused.what}, which a pickled tensor or array "
+            "never does, so loading it could run any code (a tampered or foreign file). It was "
+            f"not loaded; nothing in it ran. {expected}. Delete it to have the log-mel computed "
+            "from the clip's wav, or replace it with AVSBench's published file."
+        ) from None
+    except Exception as error:
+        raise ValueError(f"Cannot read log-mel pickle {path}: {error}. {expected}.") from error
+    tensor = _real_tensor(value)
+    if tensor is None:
+        held = type(value).__name__ + (f" of {value.dtype}" if hasattr(value, "dtype") else "")
+        raise ValueError(
+            f"Log-mel pickle {path} holds {held}, not a tensor or array of real numbers. "
+            f"{expected}."
+        )
+    tensor = tensor.float()
     if tuple(tensor.shape) != tuple(expected_shape):
         raise ValueError(
             f"Log-mel pickle {path} has shape {list(tensor.shape)}, expected "
@@ -247,6 +327,15 @@ def load_log_mel_pickle(path: Path, expected_shape: tuple[int, ...]) -> torch.Te
         )
     check_finite_audio(tensor, path)
     return tensor
+
+
+def _real_tensor(value: object) -> torch.Tensor | None:
+    """``value`` as a tensor if it is a tensor or NumPy array of real numbers, else None."""
+    if torch.is_tensor(value):
+        return None if value.is_complex() else value
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        return torch.from_numpy(np.array(value, dtype=np.float32))  # native order, writable
+    return None
 
 
 def check_finite_audio(examples: torch.Tensor, path: Path) -> None:
@@ -261,7 +350,7 @@ def check_finite_audio(examples: torch.Tensor, path: Path) -> None:
 
 
 def save_log_mel_pickle(path: Path, examples: torch.Tensor) -> None:
-    """Write ``examples`` in AVSBench's pickle format (a pickled torch tensor)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as handle:
+    """Write ``examples`` in AVSBench's pickle format (a pickled torch tensor), whole or not at
+    all."""
+    with atomic_path(path) as partial, partial.open("wb") as handle:
         pickle.dump(examples.contiguous(), handle)
