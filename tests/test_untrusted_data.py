@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import builtins
 import io
+import logging
 import os
 import pickle
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 import torch
 
 from avsac_lit.data import build_dataset
+from avsac_lit.data.audio import SAMPLE_RATE, read_wav, wav_to_examples
+from avsac_lit.data.check import main as check_main
 from avsac_lit.data.io import load_log_mel_pickle, save_log_mel_pickle
 from avsac_lit.safe_paths import inside
 from avsac_lit.train import train
@@ -141,3 +146,84 @@ def test_a_log_mel_pickle_that_would_run_code_is_refused_naming_it(tmp_path, pay
     message = str(raised.value)
     assert f"Log-mel pickle {path} is refused" in message and "nothing in it ran" in message
     assert "Delete it to have the log-mel computed from the clip's wav" in message
+
+
+# Case 7: every sample format at its true level. A tone (with harmonics and a silent gap) on the
+# 8-bit grid, k / 128: each subtype below holds these values exactly, and libsndfile scales each
+# by a power of two, so the quantisation allows no difference at all: the log-mels must be
+# identical to the 16-bit file's, bit for bit; any difference is a reading error.
+SUBTYPES = ("PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE")
+
+
+def _grid_tone(seconds: float = 2.0) -> np.ndarray:
+    t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    tone = 0.45 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 1320 * t)
+    tone[SAMPLE_RATE // 2 : SAMPLE_RATE] = 0.0
+    return np.round(tone * 128).astype(np.int64)  # |k| <= 59
+
+
+def _write_subtype(path: Path, k: np.ndarray, subtype: str) -> None:
+    # Integers for the PCM subtypes (libsndfile keeps their top bits), floats for the float ones.
+    data = {
+        "PCM_U8": (k * 256).astype(np.int16),
+        "PCM_16": (k * 256).astype(np.int16),
+        "PCM_24": (k * 2**24).astype(np.int32),
+        "PCM_32": (k * 2**24).astype(np.int32),
+        "FLOAT": (k / 128).astype(np.float32),
+        "DOUBLE": k / 128,
+    }[subtype]
+    soundfile.write(path, data, SAMPLE_RATE, subtype=subtype, format="WAV")
+    assert soundfile.info(path).subtype == subtype
+
+
+def test_every_wav_sample_format_reads_at_its_true_level(tmp_path):
+    k = _grid_tone()
+    _write_subtype(tmp_path / "PCM_16.wav", k, "PCM_16")
+    reference = wav_to_examples(tmp_path / "PCM_16.wav")
+    assert reference.std() > 1  # a tone, not the constant log-mel of silence
+    for subtype in SUBTYPES:
+        path = tmp_path / f"{subtype}.wav"
+        _write_subtype(path, k, subtype)
+        samples, rate = read_wav(path)
+        assert rate == SAMPLE_RATE and np.array_equal(samples, k / 128), subtype
+        assert torch.equal(wav_to_examples(path), reference), subtype
+
+
+def test_float_samples_beyond_full_scale_are_kept_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "hot.wav"
+    loud = 3 * _grid_tone() / 128  # peak 177 / 128
+    soundfile.write(path, loud.astype(np.float32), SAMPLE_RATE, subtype="FLOAT")
+    with caplog.at_level(logging.WARNING, logger="avsac_lit.data.audio"):
+        samples, _ = read_wav(path)
+    assert np.array_equal(samples, loud.astype(np.float32))  # not clipped
+    assert f"Audio file {path} holds FLOAT samples up to 1.38 times full scale" in caplog.text
+    assert "(+2.8 dB)" in caplog.text and f"ffmpeg -i {path} -af volume=-2.8dB" in caplog.text
+    loud[100] = np.nan
+    soundfile.write(path, loud.astype(np.float32), SAMPLE_RATE, subtype="FLOAT")
+    with pytest.raises(ValueError, match=rf"Audio file {re.escape(str(path))} holds 1 NaN"):
+        read_wav(path)
+
+
+def _table_row(output: str, split: str) -> list[str]:
+    row = next(line for line in output.splitlines() if line.startswith(f"│ {split:>5} │"))
+    return [cell.strip() for cell in row.strip("│").split("│")]
+
+
+def test_data_check_reads_a_float_wav_as_sound_and_names_silent_clips(synth_copy, capsys):
+    root = synth_copy("avss")
+    dataset = build_dataset("avss", root, "train", img_size=32)
+    as_float, silent = dataset.clips[0], dataset.clips[1]
+    as_int16 = dataset[0]["audio"]
+    wav = dataset.audio_paths(as_float)[1]
+    samples, rate = soundfile.read(wav, dtype="float32")  # the int16 samples, scaled
+    soundfile.write(wav, samples, rate, subtype="FLOAT")
+    soundfile.write(dataset.audio_paths(silent)[1], np.zeros_like(samples), rate, subtype="PCM_16")
+    code = check_main(["--task", "avss", "--root", str(root), "--splits", "train",
+                       "--img-size", "32", "--workers", "0"])  # fmt: skip
+    output = capsys.readouterr().out
+    assert code == 0 and _table_row(output, "train")[5] == "1"  # the silent clip alone
+    note = (
+        f"1 clip(s) have digital silence as audio (every log-mel value log(0.01)): {silent.name}."
+    )
+    assert note in " ".join(output.split())  # the note as rich wraps it
+    assert torch.equal(dataset[0]["audio"], as_int16)
