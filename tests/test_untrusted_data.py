@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from PIL import Image
 
 from avsac_lit.data import build_dataset
 from avsac_lit.data.audio import SAMPLE_RATE, read_wav, wav_to_examples
@@ -209,7 +210,10 @@ def _table_row(output: str, split: str) -> list[str]:
     return [cell.strip() for cell in row.strip("│").split("│")]
 
 
-def test_data_check_reads_a_float_wav_as_sound_and_names_silent_clips(synth_copy, capsys):
+def test_data_check_reads_a_float_wav_as_sound_and_names_silent_clips(
+    synth_copy, capsys, monkeypatch
+):
+    monkeypatch.setenv("COLUMNS", "2000")  # rich's console: one line a message
     root = synth_copy("avss")
     dataset = build_dataset("avss", root, "train", img_size=32)
     as_float, silent = dataset.clips[0], dataset.clips[1]
@@ -225,5 +229,92 @@ def test_data_check_reads_a_float_wav_as_sound_and_names_silent_clips(synth_copy
     note = (
         f"1 clip(s) have digital silence as audio (every log-mel value log(0.01)): {silent.name}."
     )
-    assert note in " ".join(output.split())  # the note as rich wraps it
+    assert note in output
     assert torch.equal(dataset[0]["audio"], as_int16)
+
+
+# Case 9: masks and labels with transparency.
+def _val_mask(root: Path) -> tuple[Path, np.ndarray]:
+    """The first MS3 validation mask that has an object, and its object [H, W] bool."""
+    for path in sorted(root.rglob("gt_masks/val/**/*.png")):
+        with Image.open(path) as mask:
+            foreground = np.asarray(mask.convert("L")) > 0
+        if foreground.any():
+            return path, foreground
+    raise AssertionError("no validation mask with an object")
+
+
+def _rgba(colour: np.ndarray, alpha: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.dstack([colour, colour, colour, alpha]).astype(np.uint8), "RGBA")
+
+
+def _object_in_alpha(foreground: np.ndarray, mode: str) -> Image.Image:
+    """The object drawn in the alpha over a uniform colour, as some editors export a mask."""
+    alpha = np.where(foreground, 255, 0).astype(np.uint8)
+    if mode == "RGBA":  # white everywhere: its colour says all foreground
+        return _rgba(np.full_like(alpha, 255), alpha)
+    if mode == "LA":  # black everywhere: its colour says no object
+        return Image.fromarray(np.dstack([np.zeros_like(alpha), alpha]), "LA")
+    # P: two white palette entries, the first transparent.
+    image = Image.fromarray(foreground.astype(np.uint8), "P")
+    image.putpalette([255, 255, 255, 255, 255, 255])
+    image.info["transparency"] = 0
+    return image
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_a_mask_whose_object_is_in_its_alpha_is_refused_naming_it(synth_copy, mode):
+    root = synth_copy("ms3")
+    mask_path, foreground = _val_mask(root)
+    dataset = build_dataset("ms3", root, "val", img_size=32)
+    index = next(i for i, c in enumerate(dataset.clips) if c.name == mask_path.parent.name)
+    _object_in_alpha(foreground, mode).save(mask_path, transparency=0 if mode == "P" else None)
+    with Image.open(mask_path) as saved:
+        assert saved.mode == mode
+    with pytest.raises(ValueError) as raised:
+        dataset[index]
+    message = str(raised.value)
+    assert f"Mask {mask_path} has transparency ({mode} with " in message
+    assert "not clear whether the colour or the alpha holds them" in message
+    assert "Flatten it into an opaque greyscale 0/255 mask" in message
+
+
+def test_masks_whose_alpha_agrees_with_their_colour_read_as_the_opaque_mask(synth_copy):
+    root = synth_copy("ms3")
+    mask_path, foreground = _val_mask(root)
+    dataset = build_dataset("ms3", root, "val", img_size=32)
+    index = next(i for i, c in enumerate(dataset.clips) if c.name == mask_path.parent.name)
+    opaque = dataset[index]["masks"]
+    colour = np.where(foreground, 255, 0).astype(np.uint8)
+    for alpha in (np.full_like(colour, 255), colour):  # fully opaque; a cut-out over nothing
+        _rgba(colour, alpha).save(mask_path)
+        assert torch.equal(dataset[index]["masks"], opaque)
+
+
+def test_data_check_fails_on_a_mask_with_its_object_in_the_alpha_naming_it(
+    synth_copy, capsys, monkeypatch
+):
+    monkeypatch.setenv("COLUMNS", "2000")  # rich's console: one line a message
+    root = synth_copy("ms3")
+    mask_path, foreground = _val_mask(root)
+    _object_in_alpha(foreground, "RGBA").save(mask_path)
+    code = check_main(["--task", "ms3", "--root", str(root), "--splits", "val",
+                       "--img-size", "32", "--workers", "0"])  # fmt: skip
+    output = capsys.readouterr().out
+    assert code == 2 and f"Check failed: Mask {mask_path} has transparency" in output
+    assert "Every item matches" not in output
+
+
+def test_an_avss_label_with_transparency_is_read_only_where_its_alpha_agrees(synth_copy):
+    root = synth_copy("avss")
+    dataset = build_dataset("avss", root, "train", img_size=32)
+    index = next(i for i in range(len(dataset)) if dataset[i]["masks"][0].any())
+    opaque, label_path = dataset[index]["masks"], dataset.mask_paths(dataset.clips[index])[0]
+    with Image.open(label_path) as label:
+        rgb = np.asarray(label.convert("RGB"))
+    cut_out = np.where(rgb.any(axis=-1), 255, 0).astype(np.uint8)  # background transparent
+    Image.fromarray(np.dstack([rgb, cut_out])).save(label_path)
+    assert torch.equal(dataset[index]["masks"], opaque)
+    Image.fromarray(np.dstack([rgb, 255 - cut_out])).save(label_path)  # the classes transparent
+    with pytest.raises(ValueError, match=rf"Label {re.escape(str(label_path))} has transparency"):
+        dataset[index]

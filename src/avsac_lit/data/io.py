@@ -125,7 +125,8 @@ def load_binary_mask(
     produce fractional targets on masks saved with other values. ``frame_size`` (width, height):
     the size of the mask's frame, which the mask must have. A 16-bit mask is checked on its
     stored values (0/65535 and 0/1 are binary, as 0/255 is): scaled to 8 bits, 0/1 would become
-    all background; clipped, grey edges above 255 would pass as foreground.
+    all background; clipped, grey edges above 255 would pass as foreground. A mask with
+    transparency is read only where its alpha agrees with its colour (:func:`check_transparency`).
     """
     image = open_image(path, None)
     if frame_size is not None and image.size != tuple(frame_size):
@@ -137,6 +138,7 @@ def load_binary_mask(
         )
     values = np.asarray(image if image.mode in SIXTEEN_BIT_MODES else image.convert("L"))
     check_binary(values, path)
+    check_transparency(image, values > 0, path, MASK_TRANSPARENCY)
     image = Image.fromarray(np.where(values > 0, 255, 0).astype(np.uint8))
     image = resize_or_crop(image, size, crop=False, is_mask=True)
     return torch.from_numpy(np.asarray(image) > 0).float()
@@ -161,6 +163,72 @@ def check_binary(values: np.ndarray, path: Path) -> None:
             "16-bit mask) for the "
             f"sounding objects. Binarise it, e.g. with PIL: {how}."
         )
+
+
+# Modes that carry an alpha channel; any other mode may have transparency through its palette or
+# a transparent colour key (``info["transparency"]``).
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+MASK_TRANSPARENCY = (
+    "Mask",
+    "its colour marks {coloured:.1%} of the pixels as sounding object",
+    "AVSBench's masks are opaque; the reference code reads the colour alone, an image viewer "
+    "shows the alpha",
+    "Flatten it into an opaque greyscale 0/255 mask, with PIL (p: the file): from its alpha, "
+    "Image.open(p).convert('RGBA').getchannel('A').point(lambda v: 255 if v >= 128 else "
+    "0).save(p); or from its colour, Image.open(p).convert('L').save(p)",
+)
+LABEL_TRANSPARENCY = (
+    "Label",
+    "its colours mark {coloured:.1%} of the pixels as a class other than background",
+    "AVSBench's labels are opaque; the reference code reads the colour alone, an image viewer "
+    "shows the alpha",
+    "Flatten it into an opaque RGB label, with PIL (p: the file): keeping its colours, "
+    "Image.open(p).convert('RGB').save(p); or, if its transparent pixels are background, "
+    "a = np.array(Image.open(p).convert('RGBA')); a[a[..., 3] < 128] = 0; "
+    "Image.fromarray(a[..., :3]).save(p)",
+)
+
+
+def alpha_channel(image: Image.Image) -> np.ndarray | None:
+    """The alpha [H, W] (uint8) of an image with transparency (an alpha channel, a palette with
+    transparent entries, a transparent colour key), or None: none, or fully opaque."""
+    if image.mode not in ALPHA_MODES and "transparency" not in image.info:
+        return None
+    alpha = np.asarray(image.convert("RGBA"))[..., 3]
+    return None if alpha.min() == 255 else alpha
+
+
+def check_transparency(
+    image: Image.Image, coloured: np.ndarray, path: Path, wording: tuple[str, str, str, str]
+) -> None:
+    """A mask or label with transparency is read by its colour only where its alpha says the
+    same: opaque exactly on the ``coloured`` pixels [H, W] (the objects, or the classes other
+    than background) and transparent elsewhere, as a cut-out saved over a transparent
+    background is. Otherwise colour and alpha disagree (an object drawn in the alpha over a
+    uniform colour would read as all foreground, or none), and neither AVSBench's format nor the
+    reference says which one holds the objects: refused, naming the file and both ways to
+    flatten it (``wording``: :data:`MASK_TRANSPARENCY` or :data:`LABEL_TRANSPARENCY`)."""
+    alpha = alpha_channel(image)
+    if alpha is None:
+        return
+    if np.isin(alpha, (0, 255)).all() and np.array_equal(alpha == 255, coloured):
+        return
+    kind, colour, source, flatten = wording
+    how = (
+        "an alpha channel"
+        if image.mode in ALPHA_MODES
+        else "a palette with transparent entries"
+        if image.mode == "P"
+        else "a transparent colour"
+    )
+    raise ValueError(
+        f"{kind} {path} has transparency ({image.mode} with {how}): "
+        f"{np.mean(alpha == 255):.1%} of its pixels are opaque, "
+        f"{np.mean((alpha > 0) & (alpha < 255)):.1%} partly transparent, while "
+        f"{colour.format(coloured=np.mean(coloured))}, so it is not clear whether the colour "
+        f"or the alpha holds the objects ({source}). {flatten}."
+    )
 
 
 def voc_palette(num_classes: int) -> np.ndarray:
@@ -202,7 +270,8 @@ def load_color_label(path: Path, size: int, palette: np.ndarray, *, crop: bool) 
 
     Every pixel must have a palette colour. The reference decodes any other colour as
     background, so a label saved as class ids (a one-channel index image, as ``labels_semantic/``
-    holds) or in another palette would silently become an all-background frame.
+    holds) or in another palette would silently become an all-background frame. A label with
+    transparency is read only where its alpha agrees with its colours (:func:`check_transparency`).
     """
     if not path.is_file():
         raise FileNotFoundError(f"Missing file: {path}")
@@ -215,7 +284,8 @@ def load_color_label(path: Path, size: int, palette: np.ndarray, *, crop: bool) 
             "labels_semantic/), not a colour label. Colour each class id with the palette "
             "(class c -> voc_palette(71)[c], in avsac_lit.data.io) and save it as 8-bit RGB."
         )
-    rgb = np.asarray(open_image(path, "RGB"))
+    image = open_image(path, None)
+    rgb = np.asarray(image.convert("RGB"))
     class_ids, in_palette = rgb_to_class_ids(rgb, palette)
     if not in_palette.all():
         outside = rgb[~in_palette]
@@ -232,6 +302,7 @@ def load_color_label(path: Path, size: int, palette: np.ndarray, *, crop: bool) 
             f"{len(palette)}-colour AVSBench-semantic palette (e.g. {colours}); they would be "
             f"read as background. {hint}"
         )
+    check_transparency(image, class_ids > 0, path, LABEL_TRANSPARENCY)
     image = resize_or_crop(
         Image.fromarray(class_ids.astype(np.uint8)), size, crop=crop, is_mask=True
     )
