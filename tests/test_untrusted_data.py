@@ -19,10 +19,12 @@ import soundfile
 import torch
 from PIL import Image
 
-from avsac_lit.data import build_dataset
+from avsac_lit.data import AVSDataModule, build_dataset
 from avsac_lit.data.audio import SAMPLE_RATE, read_wav, wav_to_examples
 from avsac_lit.data.check import main as check_main
 from avsac_lit.data.io import load_log_mel_pickle, save_log_mel_pickle
+from avsac_lit.data.manifest import DamagedManifestError
+from avsac_lit.data.synthetic import main as generate_main
 from avsac_lit.safe_paths import inside
 from avsac_lit.train import train
 from tests.helpers import tiny_run
@@ -318,3 +320,25 @@ def test_an_avss_label_with_transparency_is_read_only_where_its_alpha_agrees(syn
     Image.fromarray(np.dstack([rgb, 255 - cut_out])).save(label_path)  # the classes transparent
     with pytest.raises(ValueError, match=rf"Label {re.escape(str(label_path))} has transparency"):
         dataset[index]
+
+
+# Case 16d: a damaged manifest is named as damaged, not taken for a missing one.
+def test_a_truncated_manifest_is_named_damaged_by_every_reader(synth_copy, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")  # rich's console: one line a message
+    root = synth_copy("ms3")
+    manifest = root / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes()[:100])  # a copy cut short
+    damaged = f"{manifest} is damaged: not valid JSON"
+    before = sorted(root.rglob("*"))
+    with pytest.raises(SystemExit):  # the generator, asked to write over it
+        generate_main(["--task", "ms3", "--out", str(root), "--videos", "3"])
+    error = " ".join(capsys.readouterr().err.split())
+    assert damaged in error and "not a missing manifest" in error
+    assert f"delete the tree (rm -r {root})" in error and "generate into a new directory" in error
+    assert sorted(root.rglob("*")) == before and manifest.stat().st_size == 100
+    module = AVSDataModule(task="ms3", root=root, synthetic={"videos": 8, "seed": 7, "size": 64})
+    with pytest.raises(DamagedManifestError, match=re.escape(damaged)):
+        module.check_root()
+    code = check_main(["--task", "ms3", "--root", str(root), "--splits", "val",
+                       "--img-size", "32", "--workers", "0"])  # fmt: skip
+    assert code == 2 and f"Check failed: {damaged}" in capsys.readouterr().out

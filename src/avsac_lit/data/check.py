@@ -12,7 +12,6 @@ read speed. For a SynthAVS tree it also prints the reference scores stored in it
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from avsac_lit.data.avsbench import (
     DatasetLayoutError,
     build_dataset,
 )
+from avsac_lit.data.manifest import read_manifest
 
 # The log-mel of digital silence: log(0 + 0.01) in every band of every frame.
 SILENT_LOG_MEL = float(np.float32(np.log(LOG_OFFSET)))
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 str(len(stats["silent"])),
                 f"{stats['clips_per_second']:.1f}",
             )
+        manifest = read_manifest(dataset.root)
     except (DatasetLayoutError, FileNotFoundError, ValueError) as error:
         console.print(f"[bold red]Check failed:[/] {error}", highlight=False)
         return 2
@@ -159,9 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 "extraction failed gives the model nothing to hear: extract it again.",
                 highlight=False,
             )
-    manifest_path = Path(dataset.root) / "manifest.json"
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
+    if manifest is not None:
         print_manifest(manifest, title="Reference predictors (from manifest.json)", console=console)
     return 0
 

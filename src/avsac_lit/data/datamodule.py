@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from avsac_lit.data.avsbench import (
     resolve_root,
 )
 from avsac_lit.data.conditions import AudioCondition, check_condition
+from avsac_lit.data.manifest import read_manifest
 from avsac_lit.data.samplers import EvalSampler, TrainSampler
 
 log = logging.getLogger(__name__)
@@ -175,10 +175,9 @@ class AVSDataModule(L.LightningDataModule):
 
 
 def _has_synthetic_tree(root: str | Path, task: str, settings: dict[str, Any]) -> bool:
-    manifest_path = Path(root) / "manifest.json"
-    if not manifest_path.is_file():
+    manifest = read_manifest(root)
+    if manifest is None:
         return False
-    manifest = json.loads(manifest_path.read_text())
     recorded = manifest.get("settings", {})
     # A generation killed midway leaves its first manifest, marked incomplete.
     complete = manifest.get("complete", "splits" in manifest)

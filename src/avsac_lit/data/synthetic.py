@@ -44,13 +44,13 @@ from avsac_lit.atomic import atomic_path
 from avsac_lit.data.audio import SAMPLE_RATE, wav_to_examples, write_wav
 from avsac_lit.data.avsbench import METADATA_FILES, TASKS
 from avsac_lit.data.io import save_log_mel_pickle, voc_palette
+from avsac_lit.data.manifest import MANIFEST, read_manifest
 from avsac_lit.metrics import AVSSFScore, AVSSMeanIoU, ProtocolFScore, ProtocolJaccard
 
 log = logging.getLogger(__name__)
 
 GENERATOR = "avsac_lit.data.synthetic"
 GENERATOR_VERSION = 1
-MANIFEST = "manifest.json"
 DEFAULT_VIDEOS = {"s4": 300, "ms3": 300, "avss": 300}
 SPLIT_FRACTIONS = (("train", 0.7), ("val", 0.15), ("test", 0.15))
 EMPTY_SECOND_PROBABILITY = 0.1
@@ -651,12 +651,14 @@ def write_manifest(out: Path, manifest: dict) -> None:
 
 
 def is_generated_tree(root: Path) -> bool:
-    """Whether ``root`` holds a manifest this generator wrote (complete or not)."""
-    try:
-        manifest = json.loads((root / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("generator") == GENERATOR
+    """Whether ``root`` holds a manifest this generator wrote (complete or not).
+
+    Raises:
+        DamagedManifestError: a manifest that is there but damaged: the tree may be a generated
+            one, or a user's data with a file of that name; the message says how to tell.
+    """
+    manifest = read_manifest(root) if root.is_dir() else None
+    return manifest is not None and manifest.get("generator") == GENERATOR
 
 
 def check_output(out: Path) -> None:
