@@ -12,6 +12,7 @@ import pickle
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from avsac_lit.data.audio import SAMPLE_RATE, read_wav, wav_to_examples
 from avsac_lit.data.check import main as check_main
 from avsac_lit.data.io import load_log_mel_pickle, save_log_mel_pickle
 from avsac_lit.data.manifest import DamagedManifestError
+from avsac_lit.data.synthetic import generate
 from avsac_lit.data.synthetic import main as generate_main
 from avsac_lit.safe_paths import inside
 from avsac_lit.train import train
@@ -342,3 +344,24 @@ def test_a_truncated_manifest_is_named_damaged_by_every_reader(synth_copy, capsy
     code = check_main(["--task", "ms3", "--root", str(root), "--splits", "val",
                        "--img-size", "32", "--workers", "0"])  # fmt: skip
     assert code == 2 and f"Check failed: {damaged}" in capsys.readouterr().out
+
+
+# Case 16e: the generator's settings have bounds, and the disk is checked before writing.
+def test_generator_sizes_beyond_its_range_are_refused_naming_both_settings(tmp_path, monkeypatch):
+    out = tmp_path / "tree"
+    with pytest.raises(ValueError) as raised:
+        generate("ms3", out, videos=3, size=1025)
+    message = " ".join(str(raised.value).split())
+    assert "--size (python -m avsac_lit.data.synthetic) and data.synthetic.size" in message
+    assert "must be 32 to 1024 px, got 1025: at 1025 px the generator would need about" in message
+    assert "of memory" in message and "of disk (3 clips)" in message
+    with pytest.raises(ValueError, match=r"data\.synthetic\.videos .* must be 3 to 100000 clips"):
+        generate("ms3", out, videos=100_001, size=32)
+    module = AVSDataModule(task="s4", root=out, synthetic={"videos": 300, "seed": 0, "size": 5000})
+    with pytest.raises(ValueError, match=r"data\.synthetic\.size .* got 5000: .* 76\.9 GB of disk"):
+        module.check_root()  # before a run builds its model
+    # A disk with 1 MB free: a 300-clip tree at 224 px takes about 230 MB.
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=2**20))
+    with pytest.raises(ValueError, match=r"Not enough disk for SynthAVS-MS3 .* about 2\d\d\.\d MB"):
+        generate("ms3", out, videos=300, size=224)
+    assert not out.exists()

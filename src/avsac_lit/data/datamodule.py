@@ -99,9 +99,10 @@ class AVSDataModule(L.LightningDataModule):
             return
         check_not_another_task(hp.task, hp.root)
         if not _has_synthetic_tree(hp.root, hp.task, hp.synthetic):
-            from avsac_lit.data.synthetic import check_output
+            from avsac_lit.data.synthetic import check_generation
 
-            check_output(Path(hp.root))  # never generated over a user's data
+            # Never generated over a user's data, nor at a size no machine holds.
+            check_generation(task=hp.task, out=hp.root, **hp.synthetic)
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
