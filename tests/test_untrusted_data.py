@@ -279,7 +279,7 @@ def test_a_mask_whose_object_is_in_its_alpha_is_refused_naming_it(synth_copy, mo
         dataset[index]
     message = str(raised.value)
     assert f"Mask {mask_path} has transparency ({mode} with " in message
-    assert "not clear whether the colour or the alpha holds them" in message
+    assert "not clear whether the colour or the alpha holds the objects" in message
     assert "Flatten it into an opaque greyscale 0/255 mask" in message
 
 
