@@ -186,4 +186,6 @@ def test_cli_writes_tree_and_refuses_bad_arguments(tmp_path, capsys):
         assert f"{stats['reference_scores']['vision_only']['miou']:.3f}" in printed
     with pytest.raises(SystemExit):
         main(["--task", "s4", "--out", str(tmp_path / "x"), "--videos", "2"])
-    assert "--videos must be at least 3" in capsys.readouterr().err
+    assert "--videos (python -m avsac_lit.data.synthetic) and data.synthetic.videos" in " ".join(
+        capsys.readouterr().err.split()
+    )

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, default_collate
 from avsac_lit.atomic import atomic_path, remove_leftovers
 from avsac_lit.integrity import verify, write_checkpoint
 from avsac_lit.models.backbone import VisualBackbone
+from avsac_lit.safe_paths import inside
 from avsac_lit.viz import GROUND_TRUTH, clip_figure, frames_to_uint8, log_mel_image, predicted_masks
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ class ValidationOverlays(Callback):
                     mask_valid=batch["mask_valid"][i], class_names=class_names,
                     title=f"{name}, epoch {trainer.current_epoch}",
                 )  # fmt: skip
-                with atomic_path(folder / f"{name}.png") as partial:
+                with atomic_path(inside(folder, f"{name}.png")) as partial:
                     figure.savefig(partial, dpi=100, format="png")
             log.info("Validation overlays written to %s", folder)
 

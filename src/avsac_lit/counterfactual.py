@@ -9,7 +9,6 @@ visible object, sounding or not) when the data has one.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from rich.table import Table
 from avsac_lit.atomic import atomic_path
 from avsac_lit.data import AVSDataModule
 from avsac_lit.data.conditions import check_condition, metric_prefix
+from avsac_lit.data.manifest import read_manifest
 from avsac_lit.run_record import adopt_csv_columns, scalar_metrics
 
 log = logging.getLogger(__name__)
@@ -90,10 +90,10 @@ def report_listening(
 
 def reference_scores(root: str | Path, split: str = "test") -> dict[str, dict[str, float]]:
     """The synthetic generator's reference scores of a split (``{}`` for data without them)."""
-    manifest = Path(root) / "manifest.json"
-    if not manifest.is_file():
+    manifest = read_manifest(root)
+    if manifest is None:
         return {}
-    splits = json.loads(manifest.read_text()).get("splits", {})
+    splits = manifest.get("splits", {})
     return splits.get(split, {}).get("reference_scores", {})
 
 

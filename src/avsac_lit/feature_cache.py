@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from avsac_lit.atomic import DiskWriteError, atomic_path, remove_leftovers
 from avsac_lit.models.weights import state_digest
+from avsac_lit.safe_paths import inside
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ class EncoderFeatureCache:
         name = f"{kind}-v{FORMAT_VERSION}-{self.digests[id(encoder)][:16]}-{self.dtype}"
         if size:
             name += "-" + "x".join(map(str, size))
-        return self.root / name
+        return inside(self.root, name)
 
     def visual(self, net: nn.Module, frames: Tensor) -> list[Tensor]:
         store = self.store("visual", net.visual, tuple(frames.shape[-2:]))
@@ -208,7 +209,7 @@ class EncoderFeatureCache:
     def read(self, store: Path, key: str, layout: list[list[int]]) -> Tensor | None:
         """One entry (float32), or None when it is missing or damaged (a damaged one is logged
         and deleted, to be computed and written again)."""
-        path = store / f"{key}.npy"
+        path = inside(store, f"{key}.npy")
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -251,7 +252,7 @@ class EncoderFeatureCache:
         body = io.BytesIO()
         np.save(body, array, allow_pickle=False)
         data = body.getvalue()
-        self.guarded_write(store / f"{key}.npy",
+        self.guarded_write(inside(store, f"{key}.npy"),
                            data + zlib.crc32(data).to_bytes(CHECKSUM_BYTES, "little"))  # fmt: skip
         return rounded.float()
 

@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from avsac_lit.atomic import atomic_path
 from avsac_lit.counterfactual import reference_scores
+from avsac_lit.data.manifest import DamagedManifestError
 from avsac_lit.paired import (
     CONTRADICTED,
     SUPPORTED,
@@ -346,7 +347,10 @@ def add_vision_only_reference(table: Table, runs: list[Run]) -> None:
             roots.setdefault(run.column, Path(str(root)))
     row = "reference: every visible object (no audio)"
     for column, root in roots.items():
-        vision_only = reference_scores(root).get("vision_only")
+        try:
+            vision_only = reference_scores(root).get("vision_only")
+        except DamagedManifestError as error:
+            raise ReportError(f"The data of column {column!r}: {error}") from error
         if not vision_only:
             continue
         for metric, key in (("test/f", "fscore"), ("test/miou", "miou")):

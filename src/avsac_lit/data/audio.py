@@ -6,8 +6,10 @@ This module reimplements that front end from its published parameters (``vggish_
 ``mel_features.py``, ``vggish_input.py``), so that a 16 kHz wav gives the examples of its
 ``.pkl`` (which AVSBench padded to 5 by repeating the last example when the audio was short):
 
-* reading: int16 PCM divided by 32768; stereo is averaged to mono; a rate other than 16 kHz is
-  resampled (with soxr, where the reference used resampy: see ``docs/audio.md``);
+* reading: int16 PCM divided by 32768 (as the reference reads it); every other sample format
+  (8-, 24- and 32-bit PCM, 32- and 64-bit float) at its true level, scaled to [-1, 1] full scale
+  by libsndfile; stereo is averaged to mono; a rate other than 16 kHz is resampled (with soxr,
+  where the reference used resampy: see ``docs/audio.md``);
 * STFT: 25 ms periodic Hann window (400 samples), 10 ms hop (160 samples), magnitude of a 512-point
   real FFT (257 bins), no padding (a trailing partial window is dropped);
 * mel: 64 bands over 125-7500 Hz on the HTK scale ``1127 ln(1 + f / 700)``, triangles linear in
@@ -23,11 +25,15 @@ The signal processing is NumPy in float64, like the reference; only the result i
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 
 import numpy as np
 import soundfile
 import torch
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 STFT_WINDOW_SECONDS = 0.025
@@ -184,12 +190,19 @@ def waveform_to_examples(samples: np.ndarray, sample_rate: int) -> torch.Tensor:
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """Samples [n] or [n, channels] as float64 int16 / 32768 (as the reference reads), and the rate.
+    """Samples [n] or [n, channels] as float64 at their true level, and the rate.
+
+    16-bit PCM is read as int16 / 32768, as the reference reads it; every other format
+    libsndfile reads (8-, 24-, 32-bit PCM, 32- and 64-bit float WAV, ...) as float64 scaled to
+    full scale 1. (The reference's ``dtype="int16"`` read does not scale float samples: a float
+    wav would read as silence.) Float samples beyond [-1, 1] are kept as they are, with a
+    warning (:func:`warn_beyond_full_scale`).
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not audio that libsndfile can read, or holds no samples (0 bytes,
-            or a header only): the front end's own error would not name the file.
+        ValueError: the file is not audio that libsndfile can read, holds no samples (0 bytes,
+            or a header only) or non-finite ones: the front end's own error would not name the
+            file.
     """
     path = Path(path)
     if not path.is_file():
@@ -200,7 +213,12 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
             + _REEXTRACT_WAV.format(path=path)
         )
     try:
-        samples, sample_rate = soundfile.read(path, dtype="int16")
+        with soundfile.SoundFile(path) as audio:
+            subtype, sample_rate = audio.subtype, audio.samplerate
+            if subtype == "PCM_16":
+                samples = audio.read(dtype="int16") / 32768.0
+            else:
+                samples = audio.read(dtype="float64")
     except (RuntimeError, soundfile.LibsndfileError) as error:
         raise ValueError(f"Cannot read audio file {path}: {error}. {_EXPECTED_WAV}.") from error
     if samples.size == 0:
@@ -208,7 +226,36 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
             f"Audio file {path} has a WAV header but no audio samples. "
             + _REEXTRACT_WAV.format(path=path)
         )
-    return samples / 32768.0, int(sample_rate)
+    if not np.isfinite(samples).all():  # only float wavs can hold them
+        bad = int((~np.isfinite(samples)).sum())
+        raise ValueError(
+            f"Audio file {path} holds {bad} NaN or infinite {subtype} sample(s) of "
+            f"{samples.size}: they would make every log-mel value NaN. "
+            + _REEXTRACT_WAV.format(path=path)
+        )
+    warn_beyond_full_scale(samples, path, subtype)
+    return samples, int(sample_rate)
+
+
+def warn_beyond_full_scale(samples: np.ndarray, path: Path, subtype: str) -> None:
+    """Float samples may exceed full scale (float WAV has headroom); they are read as they are.
+
+    Clipping them would distort the sound (what an int16 export of the file would do), and
+    refusing would stop a run over a level; but AVSBench's wavs are int16, which cannot exceed
+    full scale, so such a clip is louder than any the models were trained on: said once a file
+    (a wav is read once, then its log-mel is cached).
+    """
+    peak = float(np.abs(samples).max())
+    if peak <= 1.0:
+        return
+    gain_db = 20.0 * math.log10(peak)
+    log.warning(
+        "Audio file %s holds %s samples up to %.3g times full scale (%+.1f dB). They are read as "
+        "they are, not clipped, so its log-mel is louder than AVSBench's int16 wavs can be. To "
+        "match them, scale it below full scale, e.g. ffmpeg -i %s -af volume=%.1fdB -c:a "
+        "pcm_s16le OUT.wav",
+        path, subtype, peak, gain_db, path, -gain_db,
+    )  # fmt: skip
 
 
 def wav_to_examples(path: str | Path) -> torch.Tensor:

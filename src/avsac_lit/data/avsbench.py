@@ -30,6 +30,7 @@ from avsac_lit.data.io import (
     voc_palette,
 )
 from avsac_lit.data.logmel import LogMelCache
+from avsac_lit.safe_paths import component_problem
 
 TASKS = ("s4", "ms3", "avss")
 SPLITS = ("train", "val", "test")
@@ -218,9 +219,10 @@ class AVSBenchDataset(Dataset):
         path = self.root / METADATA_FILES[self.task]
         header, rows = read_csv_rows(path)
         split, *indices = [column_index(header, name, path) for name in ("split", *columns)]
+        names = self.path_fields(indices)
         first_line: dict[str, int] = {}
         for line, row in enumerate(rows, start=2):
-            if len(row) <= max(split, *indices, 0):
+            if len(row) <= max(split, *indices, *names):
                 raise ValueError(
                     f"{path}, line {line}: {len(row)} fields, fewer than the header's columns "
                     f"({', '.join(header)}). Complete or delete the row."
@@ -231,6 +233,8 @@ class AVSBenchDataset(Dataset):
                     f"of {', '.join(SPLITS)} (lower case). Correct the row, or delete it to leave "
                     "the clip out."
                 )
+            for index in names:
+                self._check_path_field(path, line, header, index, row[index])
             clip = self.clip_key(row, indices)
             if clip in first_line:
                 raise ValueError(
@@ -244,6 +248,28 @@ class AVSBenchDataset(Dataset):
     def clip_key(self, row: list[str], indices: list[int]) -> str:
         """What identifies a clip in a metadata row: its name (column 0)."""
         return row[0]
+
+    def path_fields(self, indices: list[int]) -> list[int]:
+        """The columns of a metadata row that become folder and file names: the name (column
+        0)."""
+        return [0]
+
+    def _check_path_field(
+        self, path: Path, line: int, header: list[str], index: int, value: str
+    ) -> None:
+        # A name that is absolute or holds "../" would read another clip's or any file as this
+        # clip's frames, and write its overlay and cached log-mel outside their folders.
+        problem = component_problem(value)
+        if problem is None:
+            return
+        column = f"column {index + 1}" + (f" ({header[index]!r})" if index < len(header) else "")
+        raise ValueError(
+            f"{path}, line {line}: {column} holds {value!r}, which names the clip's files and "
+            f"folders, but {problem}: the loader could read files outside {self.root} as this "
+            "clip's and write outside the run's folders. Expected one plain name, as AVSBench's "
+            "rows hold (no '/', '\\', '..' or absolute path). Correct the row, or delete it to "
+            "leave the clip out."
+        )
 
     # Subclasses say where the files are.
     def _read_clips(self) -> list[Clip]:
@@ -400,6 +426,9 @@ class S4Dataset(_ObjectDataset):
         # The reference indexes name and category by position (0 and 2), whatever the header says.
         return [Clip(name=row[0], category=row[2]) for row in self._split_rows()[2]]
 
+    def path_fields(self, indices: list[int]) -> list[int]:
+        return [0, 2]  # name and category
+
     def _clip_dir(self, kind: str, clip: Clip) -> Path:
         return self.root / "s4_data" / kind / self.split / clip.category
 
@@ -486,6 +515,9 @@ class AVSSDataset(AVSBenchDataset):
 
     def clip_key(self, row: list[str], indices: list[int]) -> str:
         return row[indices[0]]  # the uid
+
+    def path_fields(self, indices: list[int]) -> list[int]:
+        return indices  # uid and label
 
     def frame_paths(self, clip: Clip) -> list[Path]:
         count = AVSS_CLIP_FRAMES[clip.label]

@@ -4,23 +4,25 @@
 
 Each split is read end to end with the same datasets the training uses, so a missing or broken
 file is found now, with its name, rather than hours into a run. It prints per split the number of
-clips, frames and annotated frames, the share of annotated frames with empty ground truth, and the
+clips, frames and annotated frames, the share of annotated frames with empty ground truth, the
+clips whose audio is digital silence (an extraction that failed, or a file read wrong), and the
 read speed. For a SynthAVS tree it also prints the reference scores stored in its manifest.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
 
+from avsac_lit.data.audio import LOG_OFFSET
 from avsac_lit.data.avsbench import (
     SPLITS,
     TASKS,
@@ -28,6 +30,11 @@ from avsac_lit.data.avsbench import (
     DatasetLayoutError,
     build_dataset,
 )
+from avsac_lit.data.manifest import read_manifest
+
+# The log-mel of digital silence: log(0 + 0.01) in every band of every frame.
+SILENT_LOG_MEL = float(np.float32(np.log(LOG_OFFSET)))
+SILENT_NAMES_SHOWN = 5
 
 
 def check_item(item: dict, dataset: AVSBenchDataset) -> None:
@@ -59,6 +66,7 @@ def summarise_split(dataset: AVSBenchDataset, workers: int) -> dict:
     loader = DataLoader(dataset, batch_size=None, num_workers=workers)
     started = time.perf_counter()
     frames = labelled = empty = 0
+    silent: list[str] = []
     for item in loader:
         check_item(item, dataset)
         valid = item["mask_valid"]
@@ -66,12 +74,15 @@ def summarise_split(dataset: AVSBenchDataset, workers: int) -> dict:
         labelled += int(valid.sum())
         foreground = item["masks"][valid].flatten(1).gt(0).any(dim=1)
         empty += int((~foreground).sum())
+        if item["audio"][item["frame_valid"]].eq(SILENT_LOG_MEL).all():
+            silent.append(item["name"])
     seconds = time.perf_counter() - started
     return {
         "clips": len(dataset),
         "frames": frames,
         "labelled": labelled,
         "empty": empty,
+        "silent": silent,
         "clips_per_second": len(dataset) / max(seconds, 1e-9),
     }
 
@@ -114,28 +125,42 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console()
     table = Table(title=f"AVSBench {args.task.upper()} at {args.root}, read at {args.img_size} px")
-    for column in ("split", "clips", "frames", "annotated", "empty GT", "clips/s"):
+    columns = ("split", "clips", "frames", "annotated", "empty GT", "silent audio", "clips/s")
+    for column in columns:
         table.add_column(column, justify="right")
+    silent: dict[str, list[str]] = {}
     try:
         for split in args.splits:
             dataset = build_dataset(args.task, args.root, split, args.img_size, args.cache_dir)
             stats = summarise_split(dataset, args.workers)
+            silent[split] = stats["silent"]
             table.add_row(
                 split,
                 str(stats["clips"]),
                 str(stats["frames"]),
                 str(stats["labelled"]),
                 f"{stats['empty'] / max(stats['labelled'], 1):.1%}",
+                str(len(stats["silent"])),
                 f"{stats['clips_per_second']:.1f}",
             )
+        manifest = read_manifest(dataset.root)
     except (DatasetLayoutError, FileNotFoundError, ValueError) as error:
         console.print(f"[bold red]Check failed:[/] {error}", highlight=False)
         return 2
     console.print(table)
     console.print("Every item matches the documented format (see `avsac_lit.data`).")
-    manifest_path = Path(dataset.root) / "manifest.json"
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
+    for split, names in silent.items():
+        if names:
+            shown = ", ".join(names[:SILENT_NAMES_SHOWN]) + (
+                ", ..." if len(names) > SILENT_NAMES_SHOWN else ""
+            )
+            console.print(
+                f"[bold yellow]{split}:[/] {len(names)} clip(s) have digital silence as audio "
+                f"(every log-mel value log(0.01)): {shown}. Listen to their wavs; a clip whose "
+                "extraction failed gives the model nothing to hear: extract it again.",
+                highlight=False,
+            )
+    if manifest is not None:
         print_manifest(manifest, title="Reference predictors (from manifest.json)", console=console)
     return 0
 

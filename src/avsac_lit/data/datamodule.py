@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from avsac_lit.data.avsbench import (
     resolve_root,
 )
 from avsac_lit.data.conditions import AudioCondition, check_condition
+from avsac_lit.data.manifest import read_manifest
 from avsac_lit.data.samplers import EvalSampler, TrainSampler
 
 log = logging.getLogger(__name__)
@@ -99,9 +99,10 @@ class AVSDataModule(L.LightningDataModule):
             return
         check_not_another_task(hp.task, hp.root)
         if not _has_synthetic_tree(hp.root, hp.task, hp.synthetic):
-            from avsac_lit.data.synthetic import check_output
+            from avsac_lit.data.synthetic import check_generation
 
-            check_output(Path(hp.root))  # never generated over a user's data
+            # Never generated over a user's data, nor at a size no machine holds.
+            check_generation(task=hp.task, out=hp.root, **hp.synthetic)
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
@@ -175,10 +176,9 @@ class AVSDataModule(L.LightningDataModule):
 
 
 def _has_synthetic_tree(root: str | Path, task: str, settings: dict[str, Any]) -> bool:
-    manifest_path = Path(root) / "manifest.json"
-    if not manifest_path.is_file():
+    manifest = read_manifest(root)
+    if manifest is None:
         return False
-    manifest = json.loads(manifest_path.read_text())
     recorded = manifest.get("settings", {})
     # A generation killed midway leaves its first manifest, marked incomplete.
     complete = manifest.get("complete", "splits" in manifest)

@@ -1,18 +1,33 @@
 """Reading the files of an AVSBench tree: frames, masks, colour labels and log-mel pickles.
 
 Every reader names the file it failed on, because a dataset has tens of thousands of them and a
-bare ``PIL.UnidentifiedImageError`` does not say which one is broken.
+bare ``PIL.UnidentifiedImageError`` does not say which one is broken. The log-mel pickles are
+read by an unpickler that builds tensors and arrays and nothing else, so a tampered one cannot
+run code (:func:`load_log_mel_pickle`).
 """
 
 from __future__ import annotations
 
+import codecs
+import collections
+import io
 import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch._utils
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
+
+from avsac_lit.atomic import atomic_path
+
+try:  # NumPy 2; NumPy 1 has them in numpy.core
+    from numpy._core.multiarray import _reconstruct
+    from numpy._core.numeric import _frombuffer
+except ImportError:
+    from numpy.core.multiarray import _reconstruct
+    from numpy.core.numeric import _frombuffer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -110,7 +125,8 @@ def load_binary_mask(
     produce fractional targets on masks saved with other values. ``frame_size`` (width, height):
     the size of the mask's frame, which the mask must have. A 16-bit mask is checked on its
     stored values (0/65535 and 0/1 are binary, as 0/255 is): scaled to 8 bits, 0/1 would become
-    all background; clipped, grey edges above 255 would pass as foreground.
+    all background; clipped, grey edges above 255 would pass as foreground. A mask with
+    transparency is read only where its alpha agrees with its colour (:func:`check_transparency`).
     """
     image = open_image(path, None)
     if frame_size is not None and image.size != tuple(frame_size):
@@ -122,6 +138,7 @@ def load_binary_mask(
         )
     values = np.asarray(image if image.mode in SIXTEEN_BIT_MODES else image.convert("L"))
     check_binary(values, path)
+    check_transparency(image, values > 0, path, MASK_TRANSPARENCY)
     image = Image.fromarray(np.where(values > 0, 255, 0).astype(np.uint8))
     image = resize_or_crop(image, size, crop=False, is_mask=True)
     return torch.from_numpy(np.asarray(image) > 0).float()
@@ -146,6 +163,72 @@ def check_binary(values: np.ndarray, path: Path) -> None:
             "16-bit mask) for the "
             f"sounding objects. Binarise it, e.g. with PIL: {how}."
         )
+
+
+# Modes that carry an alpha channel; any other mode may have transparency through its palette or
+# a transparent colour key (``info["transparency"]``).
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+MASK_TRANSPARENCY = (
+    "Mask",
+    "its colour marks {coloured:.1%} of the pixels as sounding object",
+    "AVSBench's masks are opaque; the reference code reads the colour alone, an image viewer "
+    "shows the alpha",
+    "Flatten it into an opaque greyscale 0/255 mask, with PIL (p: the file): from its alpha, "
+    "Image.open(p).convert('RGBA').getchannel('A').point(lambda v: 255 if v >= 128 else "
+    "0).save(p); or from its colour, Image.open(p).convert('L').save(p)",
+)
+LABEL_TRANSPARENCY = (
+    "Label",
+    "its colours mark {coloured:.1%} of the pixels as a class other than background",
+    "AVSBench's labels are opaque; the reference code reads the colour alone, an image viewer "
+    "shows the alpha",
+    "Flatten it into an opaque RGB label, with PIL (p: the file): keeping its colours, "
+    "Image.open(p).convert('RGB').save(p); or, if its transparent pixels are background, "
+    "a = np.array(Image.open(p).convert('RGBA')); a[a[..., 3] < 128] = 0; "
+    "Image.fromarray(a[..., :3]).save(p)",
+)
+
+
+def alpha_channel(image: Image.Image) -> np.ndarray | None:
+    """The alpha [H, W] (uint8) of an image with transparency (an alpha channel, a palette with
+    transparent entries, a transparent colour key), or None: none, or fully opaque."""
+    if image.mode not in ALPHA_MODES and "transparency" not in image.info:
+        return None
+    alpha = np.asarray(image.convert("RGBA"))[..., 3]
+    return None if alpha.min() == 255 else alpha
+
+
+def check_transparency(
+    image: Image.Image, coloured: np.ndarray, path: Path, wording: tuple[str, str, str, str]
+) -> None:
+    """A mask or label with transparency is read by its colour only where its alpha says the
+    same: opaque exactly on the ``coloured`` pixels [H, W] (the objects, or the classes other
+    than background) and transparent elsewhere, as a cut-out saved over a transparent
+    background is. Otherwise colour and alpha disagree (an object drawn in the alpha over a
+    uniform colour would read as all foreground, or none), and neither AVSBench's format nor the
+    reference says which one holds the objects: refused, naming the file and both ways to
+    flatten it (``wording``: :data:`MASK_TRANSPARENCY` or :data:`LABEL_TRANSPARENCY`)."""
+    alpha = alpha_channel(image)
+    if alpha is None:
+        return
+    if np.isin(alpha, (0, 255)).all() and np.array_equal(alpha == 255, coloured):
+        return
+    kind, colour, source, flatten = wording
+    how = (
+        "an alpha channel"
+        if image.mode in ALPHA_MODES
+        else "a palette with transparent entries"
+        if image.mode == "P"
+        else "a transparent colour"
+    )
+    raise ValueError(
+        f"{kind} {path} has transparency ({image.mode} with {how}): "
+        f"{np.mean(alpha == 255):.1%} of its pixels are opaque, "
+        f"{np.mean((alpha > 0) & (alpha < 255)):.1%} partly transparent, while "
+        f"{colour.format(coloured=np.mean(coloured))}, so it is not clear whether the colour "
+        f"or the alpha holds the objects ({source}). {flatten}."
+    )
 
 
 def voc_palette(num_classes: int) -> np.ndarray:
@@ -187,7 +270,8 @@ def load_color_label(path: Path, size: int, palette: np.ndarray, *, crop: bool) 
 
     Every pixel must have a palette colour. The reference decodes any other colour as
     background, so a label saved as class ids (a one-channel index image, as ``labels_semantic/``
-    holds) or in another palette would silently become an all-background frame.
+    holds) or in another palette would silently become an all-background frame. A label with
+    transparency is read only where its alpha agrees with its colours (:func:`check_transparency`).
     """
     if not path.is_file():
         raise FileNotFoundError(f"Missing file: {path}")
@@ -200,7 +284,8 @@ def load_color_label(path: Path, size: int, palette: np.ndarray, *, crop: bool) 
             "labels_semantic/), not a colour label. Colour each class id with the palette "
             "(class c -> voc_palette(71)[c], in avsac_lit.data.io) and save it as 8-bit RGB."
         )
-    rgb = np.asarray(open_image(path, "RGB"))
+    image = open_image(path, None)
+    rgb = np.asarray(image.convert("RGB"))
     class_ids, in_palette = rgb_to_class_ids(rgb, palette)
     if not in_palette.all():
         outside = rgb[~in_palette]
@@ -217,28 +302,94 @@ def load_color_label(path: Path, size: int, palette: np.ndarray, *, crop: bool) 
             f"{len(palette)}-colour AVSBench-semantic palette (e.g. {colours}); they would be "
             f"read as background. {hint}"
         )
+    check_transparency(image, class_ids > 0, path, LABEL_TRANSPARENCY)
     image = resize_or_crop(
         Image.fromarray(class_ids.astype(np.uint8)), size, crop=crop, is_mask=True
     )
     return torch.from_numpy(np.asarray(image).astype(np.int64))
 
 
-def load_log_mel_pickle(path: Path, expected_shape: tuple[int, ...]) -> torch.Tensor:
-    """An AVSBench ``audio_log_mel/*.pkl``: a pickled torch tensor, checked against its shape.
+class RefusedPickle(pickle.UnpicklingError):
+    """A pickle that asks for more than a tensor or an array: ``what`` it asked for, in words."""
 
-    These files are pickles by publication; only open ones from a source you trust.
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+def _storage_from_bytes(data: bytes) -> torch.TypedStorage:
+    # torch pickles a tensor's storage as a torch.save file of its own, which torch reads back
+    # with weights_only=False, so that file could run code too: read it with torch's restricted
+    # reader.
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise RefusedPickle(
+            "its tensor's storage is a torch file that asks for more than a storage (torch's "
+            "weights-only reader refused it)"
+        ) from error
+
+
+# Everything a pickled tensor (AVSBench's files, torch 1.x and 2.x) or NumPy array (NumPy 1 and
+# 2, protocols 2 to 5) calls to be rebuilt, and nothing else.
+LOG_MEL_PICKLE_GLOBALS = {
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
+    ("collections", "OrderedDict"): collections.OrderedDict,  # a tensor's (empty) hooks
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("_codecs", "encode"): codecs.encode,  # bytes in protocol 2
+}
+
+
+class LogMelUnpickler(pickle.Unpickler):
+    """Unpickles tensors and arrays only: any other function or class a pickle names (``os.system``,
+    ``builtins.exec``, any module's) is refused before it is looked up, so nothing runs."""
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return LOG_MEL_PICKLE_GLOBALS[(module, name)]
+        except KeyError:
+            raise RefusedPickle(f"it calls {module}.{name}") from None
+
+
+def load_log_mel_pickle(path: Path, expected_shape: tuple[int, ...]) -> torch.Tensor:
+    """An AVSBench ``audio_log_mel/*.pkl``: a pickled torch tensor (or NumPy array), checked
+    against its shape.
+
+    Read with :class:`LogMelUnpickler`: a pickle that asks for anything but a tensor's or an
+    array's parts is refused, naming the file, without running any of it.
     """
     if not path.is_file():
         raise FileNotFoundError(f"Missing file: {path}")
+    expected = (
+        f"Expected a pickled torch tensor of shape {list(expected_shape)} as written by AVSBench's "
+        "preprocessing"
+    )
     try:
         with path.open("rb") as handle:
-            value = pickle.load(handle)
-    except Exception as error:
+            value = LogMelUnpickler(handle).load()
+    except RefusedPickle as refused:
         raise ValueError(
-            f"Cannot read log-mel pickle {path}: {error}. Expected a pickled torch tensor of "
-            f"shape {list(expected_shape)} as written by AVSBench's preprocessing."
-        ) from error
-    tensor = (value if torch.is_tensor(value) else torch.as_tensor(np.asarray(value))).float()
+            f"Log-mel pickle {path} is refused: {refused.what}, which a pickled tensor or array "
+            "never does, so loading it could run any code (a tampered or foreign file). It was "
+            f"not loaded; nothing in it ran. {expected}. Delete it to have the log-mel computed "
+            "from the clip's wav, or replace it with AVSBench's published file."
+        ) from None
+    except Exception as error:
+        raise ValueError(f"Cannot read log-mel pickle {path}: {error}. {expected}.") from error
+    tensor = _real_tensor(value)
+    if tensor is None:
+        held = type(value).__name__ + (f" of {value.dtype}" if hasattr(value, "dtype") else "")
+        raise ValueError(
+            f"Log-mel pickle {path} holds {held}, not a tensor or array of real numbers. "
+            f"{expected}."
+        )
+    tensor = tensor.float()
     if tuple(tensor.shape) != tuple(expected_shape):
         raise ValueError(
             f"Log-mel pickle {path} has shape {list(tensor.shape)}, expected "
@@ -247,6 +398,15 @@ def load_log_mel_pickle(path: Path, expected_shape: tuple[int, ...]) -> torch.Te
         )
     check_finite_audio(tensor, path)
     return tensor
+
+
+def _real_tensor(value: object) -> torch.Tensor | None:
+    """``value`` as a tensor if it is a tensor or NumPy array of real numbers, else None."""
+    if torch.is_tensor(value):
+        return None if value.is_complex() else value
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        return torch.from_numpy(np.array(value, dtype=np.float32))  # native order, writable
+    return None
 
 
 def check_finite_audio(examples: torch.Tensor, path: Path) -> None:
@@ -261,7 +421,7 @@ def check_finite_audio(examples: torch.Tensor, path: Path) -> None:
 
 
 def save_log_mel_pickle(path: Path, examples: torch.Tensor) -> None:
-    """Write ``examples`` in AVSBench's pickle format (a pickled torch tensor)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as handle:
+    """Write ``examples`` in AVSBench's pickle format (a pickled torch tensor), whole or not at
+    all."""
+    with atomic_path(path) as partial, partial.open("wb") as handle:
         pickle.dump(examples.contiguous(), handle)

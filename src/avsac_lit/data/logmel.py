@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from avsac_lit.atomic import atomic_path, remove_leftovers
 from avsac_lit.data.audio import wav_to_examples
 from avsac_lit.integrity import tensor_checksum
+from avsac_lit.safe_paths import inside
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class LogMelCache:
     def path_for(self, wav_path: Path) -> Path:
         resolved = wav_path.resolve()
         digest = hashlib.sha1(str(resolved.parent).encode()).hexdigest()[:16]
-        return self.cache_dir / digest / f"{resolved.stem}.pt"
+        return inside(self.cache_dir / digest, f"{resolved.stem}.pt")
 
     def load(self, wav_path: Path) -> torch.Tensor:
         if not wav_path.is_file():

@@ -28,8 +28,9 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
@@ -40,18 +41,32 @@ import numpy as np
 import torch
 from PIL import Image
 
-from avsac_lit.atomic import atomic_path
+from avsac_lit.atomic import atomic_path, megabytes, nearest_existing
 from avsac_lit.data.audio import SAMPLE_RATE, wav_to_examples, write_wav
 from avsac_lit.data.avsbench import METADATA_FILES, TASKS
 from avsac_lit.data.io import save_log_mel_pickle, voc_palette
+from avsac_lit.data.manifest import MANIFEST, read_manifest
 from avsac_lit.metrics import AVSSFScore, AVSSMeanIoU, ProtocolFScore, ProtocolJaccard
 
 log = logging.getLogger(__name__)
 
 GENERATOR = "avsac_lit.data.synthetic"
 GENERATOR_VERSION = 1
-MANIFEST = "manifest.json"
 DEFAULT_VIDEOS = {"s4": 300, "ms3": 300, "avss": 300}
+# The settings' ranges. At most 1024 px: AVSBench's frames are 224 px, and drawing one clip takes
+# about 260 bytes a pixel (a 10-frame AVSS clip at 1024 px: 0.4 GB a worker process). At most
+# 100 000 clips: AVSBench's largest task, AVSS, has about 12 000.
+SIZE_RANGE = (32, 1024)
+VIDEOS_RANGE = (3, 100_000)
+# Measured: the peak memory of drawing a clip, per pixel of a frame (make_clip: 256 for a 10-frame
+# AVSS clip, 201 for 5 frames); the bytes a tree takes on disk per pixel of a frame (PNG frames
+# and masks: 1.9-2.0; AVSS's JPEG frames and PNG labels: 0.3-0.6), rounded up, and per second of
+# audio (16-bit wav, 16 kHz) and per S4/MS3 log-mel pickle.
+DRAW_BYTES_PER_PIXEL = 260
+DISK_BYTES_PER_PIXEL = {"s4": 2.2, "ms3": 2.2, "avss": 0.6}
+WAV_BYTES_PER_SECOND = 2 * SAMPLE_RATE
+PICKLE_BYTES = 5 * 96 * 64 * 4 + 1024
+MEAN_FRAMES = {"s4": 5, "ms3": 5, "avss": 0.4 * 5 + 0.3 * 5 + 0.3 * 10}  # v1s, v1m, v2
 SPLIT_FRACTIONS = (("train", 0.7), ("val", 0.15), ("test", 0.15))
 EMPTY_SECOND_PROBABILITY = 0.1
 # Logit magnitude for scoring hard 0/1 predictions: sigmoid(20) rounds to 1 in float32 (and so
@@ -569,21 +584,21 @@ def generate(
             ``AVSBench-semantic/``): a new or empty directory, or an earlier generation's tree
             (its files are overwritten). Anything else is refused (:func:`check_output`): it
             may be a user's real copy of AVSBench.
-        videos: number of clips over all splits (70/15/15 %); default 300.
+        videos: number of clips over all splits (70/15/15 %); default 300, at most 100 000.
         seed: the whole tree is a function of (task, videos, seed, size).
-        size: frame height in pixels (AVSBench's frames are 224 x 224; AVSS ones are 4:3).
+        size: frame height in pixels, 32 to 1024 (AVSBench's frames are 224 x 224; AVSS ones
+            are 4:3).
         workers: processes that render and write the clips (each clip is a function of its
             index, so the tree is the same for any count); default :func:`default_workers`.
+
+    Raises:
+        ValueError, FileExistsError: what :func:`check_generation` refuses; nothing is written
+            then.
     """
-    if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; expected one of {', '.join(TASKS)}.")
-    videos = DEFAULT_VIDEOS[task] if videos is None else videos
-    if videos < 3:
-        raise ValueError(f"--videos must be at least 3 (one clip per split), got {videos}.")
-    if size < 32:
-        raise ValueError(f"--size must be at least 32 pixels, got {size}.")
+    check_generation(task, out, videos, seed, size, workers)
     out = Path(out)
-    check_output(out)
+    videos = DEFAULT_VIDEOS[task] if videos is None else videos
+    workers = default_workers(videos, size) if workers is None else workers
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     settings = {"videos": videos, "seed": seed, "size": size}
@@ -594,39 +609,17 @@ def generate(
     write_manifest(out, marker)
     job = partial(_make_and_write, task, out, seed, size)
     plan = list(_clip_plan(task, videos, seed))
-    workers = default_workers(videos, size) if workers is None else workers
-    if workers > 1:
-        try:
-            # spawn, not fork: a forked child of a process that ran torch's OpenMP may hang.
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(workers, mp_context=context) as pool:
-                written = list(pool.map(job, plan, chunksize=4))
-        except BrokenProcessPool:
-            # A spawned worker imports the main module again: a script that calls generate()
-            # outside `if __name__ == "__main__":`, or one read from stdin, stops it.
-            log.warning(
-                "The generator's worker processes could not start (the calling script needs "
-                "`if __name__ == '__main__':`); writing the clips in this process."
-            )
-            written = list(map(job, plan))
-    elif write_threads() > 1:
-        with ThreadPoolExecutor(write_threads()) as pool:
-            written = list(pool.map(job, plan))
-    else:
-        written = list(map(job, plan))
-    references = _ReferenceScores(task)
-    rows: list[list[str]] = []
-    stats: dict[str, dict[str, int]] = {}
-    # In plan order, whatever the workers' order: the references are scored per batch of 2.
-    for clip in written:
-        rows.append(clip.row)
-        references.add(clip)
-        split_stats = stats.setdefault(clip.split, {"clips": 0, "frames": 0, "empty_gt_frames": 0})
-        split_stats["clips"] += 1
-        split_stats["frames"] += clip.frames
-        split_stats["empty_gt_frames"] += clip.empty_gt_frames
+    try:
+        rows, stats, scores = _summarise(task, _written_clips(job, plan, workers))
+    except BrokenProcessPool:
+        # A spawned worker imports the main module again: a script that calls generate()
+        # outside `if __name__ == "__main__":`, or one read from stdin, stops it.
+        log.warning(
+            "The generator's worker processes could not start (the calling script needs "
+            "`if __name__ == '__main__':`); writing the clips in this process."
+        )
+        rows, stats, scores = _summarise(task, map(job, plan))
     _write_metadata(task, out, rows)
-    scores = references.scores()
     manifest = {
         "generator": GENERATOR,
         "version": GENERATOR_VERSION,
@@ -645,18 +638,147 @@ def generate(
     return manifest
 
 
+def _written_clips(
+    job: Callable[[tuple[int, str, str]], _WrittenClip],
+    plan: list[tuple[int, str, str]],
+    workers: int,
+) -> Iterator[_WrittenClip]:
+    """The clips of ``plan`` written by ``job``, yielded in plan order as they are done, so that
+    what the parent keeps of each (its scored frames) is let go once scored."""
+    if workers > 1:
+        # spawn, not fork: a forked child of a process that ran torch's OpenMP may hang.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            yield from pool.map(job, plan, chunksize=4)
+    elif write_threads() > 1:
+        with ThreadPoolExecutor(write_threads()) as pool:
+            yield from pool.map(job, plan)
+    else:
+        yield from map(job, plan)
+
+
+def _summarise(task: str, written: Iterable[_WrittenClip]) -> tuple[list, dict, dict]:
+    """(metadata rows, per-split counts, reference scores) of the clips written, in plan order,
+    whatever the workers' order: the references are scored per batch of 2."""
+    references = _ReferenceScores(task)
+    rows: list[list[str]] = []
+    stats: dict[str, dict[str, int]] = {}
+    for clip in written:
+        rows.append(clip.row)
+        references.add(clip)
+        split_stats = stats.setdefault(clip.split, {"clips": 0, "frames": 0, "empty_gt_frames": 0})
+        split_stats["clips"] += 1
+        split_stats["frames"] += clip.frames
+        split_stats["empty_gt_frames"] += clip.empty_gt_frames
+    return rows, stats, references.scores()
+
+
+def draw_bytes(task: str, size: int) -> int:
+    """About the memory one process takes to draw one clip of ``size`` px (its largest)."""
+    width = round(size * 4 / 3) if task == "avss" else size
+    return DRAW_BYTES_PER_PIXEL * size * width
+
+
+def tree_bytes(task: str, videos: int, size: int) -> int:
+    """About the disk a tree of ``videos`` clips at ``size`` px takes."""
+    width = round(size * 4 / 3) if task == "avss" else size
+    frames = MEAN_FRAMES[task]
+    pixels = frames * size * width * DISK_BYTES_PER_PIXEL[task]
+    audio = frames * WAV_BYTES_PER_SECOND + (0 if task == "avss" else PICKLE_BYTES)
+    return round(videos * (pixels + audio))
+
+
+def gigabytes(size: float) -> str:
+    """``size`` bytes in TB, GB or MB, whichever reads best."""
+    if size >= 2**40:
+        return f"{size / 2**40:.1f} TB"
+    return f"{size / 2**30:.1f} GB" if size >= 2**30 else megabytes(size)
+
+
+def check_generation(
+    task: str,
+    out: str | Path,
+    videos: int | None = None,
+    seed: int = 0,
+    size: int = 224,
+    workers: int | None = None,
+) -> None:
+    """Refuse, before anything is written, what :func:`generate` (same arguments) would fail on:
+    an unknown task, settings out of range (:func:`check_settings`), an ``out`` that may hold a
+    user's data (:func:`check_output`), a disk without room for the tree (:func:`check_disk`).
+    The data module calls it before a run builds its model."""
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; expected one of {', '.join(TASKS)}.")
+    videos = DEFAULT_VIDEOS[task] if videos is None else videos
+    workers = default_workers(videos, size) if workers is None else workers
+    check_settings(task, videos, size, workers)
+    check_output(Path(out))
+    check_disk(task, Path(out), videos, size)
+
+
+def check_settings(task: str, videos: int, size: int, workers: int = 1) -> None:
+    """Refuse a size or a clip count outside the generator's ranges, saying what they would take
+    (``--size 100000`` would need terabytes of memory and disk, and failed on a 149 GiB
+    allocation)."""
+    setting = "--{0} (python -m avsac_lit.data.synthetic) and data.synthetic.{0} (a synthetic " \
+        "experiment)"  # fmt: skip
+    low, high = SIZE_RANGE
+    if not low <= size <= high:
+        memory = gigabytes(draw_bytes(task, max(size, 0)) * max(workers, 1))
+        disk = gigabytes(tree_bytes(task, videos, max(size, 0)))
+        raise ValueError(
+            f"{setting.format('size')} must be {low} to {high} px, got {size}: at {size} px the "
+            f"generator would need about {memory} of memory ({max(workers, 1)} process(es) "
+            f"drawing a clip each) and the tree about {disk} of disk ({videos} clips). "
+            "AVSBench's frames are 224 px."
+        )
+    low, high = VIDEOS_RANGE
+    if not low <= videos <= high:
+        disk = (
+            f" {videos} clips at {size} px would take about "
+            f"{gigabytes(tree_bytes(task, videos, size))} of disk."
+            if videos > high
+            else ""
+        )
+        raise ValueError(
+            f"{setting.format('videos')} must be {low} to {high} clips, got {videos}: at least "
+            f"one clip per split, and at most {high} (AVSBench's largest task, AVSS, has about "
+            f"12 000).{disk}"
+        )
+
+
+def check_disk(task: str, out: Path, videos: int, size: int) -> None:
+    """Refuse a tree the disk has no room for, before anything is written (an earlier tree in
+    ``out`` is written over, so its files count as room)."""
+    needed = tree_bytes(task, videos, size)
+    existing = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.is_dir() else 0
+    disk = nearest_existing(out)
+    free = shutil.disk_usage(disk).free
+    if free + existing < needed:
+        raise ValueError(
+            f"Not enough disk for SynthAVS-{task.upper()} in {out}: {videos} clips at {size} px "
+            f"take about {gigabytes(needed)}, and the disk of {disk} has {gigabytes(free)} free"
+            + (f" (and {gigabytes(existing)} in the tree written over)" if existing else "")
+            + ". Nothing was written. Free space there, write the tree elsewhere (--out DIR, "
+            "data.root=DIR), or make it smaller (--videos or data.synthetic.videos, --size or "
+            "data.synthetic.size)."
+        )
+
+
 def write_manifest(out: Path, manifest: dict) -> None:
     with atomic_path(out / MANIFEST) as partial:
         partial.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def is_generated_tree(root: Path) -> bool:
-    """Whether ``root`` holds a manifest this generator wrote (complete or not)."""
-    try:
-        manifest = json.loads((root / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("generator") == GENERATOR
+    """Whether ``root`` holds a manifest this generator wrote (complete or not).
+
+    Raises:
+        DamagedManifestError: a manifest that is there but damaged: the tree may be a generated
+            one, or a user's data with a file of that name; the message says how to tell.
+    """
+    manifest = read_manifest(root) if root.is_dir() else None
+    return manifest is not None and manifest.get("generator") == GENERATOR
 
 
 def check_output(out: Path) -> None:
