@@ -95,12 +95,16 @@ def check_weights_fit(
     its config builds: every key, each of the same shape. The message names the keys that are
     missing, unexpected or of another shape, where torch's strict loading gives a wall of them
     that names neither the file nor a way on."""
+
+    def shape(value: object) -> list[int] | None:
+        return list(value.shape) if isinstance(value, Tensor) else None
+
     missing = [key for key in expected if key not in found]
     unexpected = [key for key in found if key not in expected]
     reshaped = [
-        f"{key}: {list(found[key].shape)} in the checkpoint, {list(expected[key].shape)} here"
+        f"{key}: {shape(found[key])} in the checkpoint, {shape(expected[key])} here"
         for key in expected
-        if key in found and tuple(found[key].shape) != tuple(expected[key].shape)
+        if key in found and shape(found[key]) != shape(expected[key])
     ]
     if not (missing or unexpected or reshaped):
         return
