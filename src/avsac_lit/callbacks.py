@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import BaseFinetuning, Callback, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -246,8 +247,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         write_checkpoint(checkpoint, path)
 
-    def load_checkpoint(self, path: str | Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        checkpoint = super().load_checkpoint(path, *args, **kwargs)
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any = "cpu", weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """The checkpoint at ``path`` (local or fsspec), verified, read with
+        ``weights_only=True`` whatever Lightning asks for and torch's default is (``False``
+        before torch 2.6, and under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``): a pickle in a
+        checkpoint someone handed over would otherwise run as it is read. Read here rather than
+        by Lightning's reader, which takes no ``weights_only`` in some of the versions the suite
+        accepts."""
+        filesystem = get_filesystem(path)
+        if not filesystem.exists(path):
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        with filesystem.open(path, "rb") as handle:
+            checkpoint = torch.load(handle, map_location=map_location, weights_only=True)
         verify(checkpoint, path)  # what Lightning resumes or tests from, too
         return checkpoint
 

@@ -31,6 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor
 
+import avsac_lit
 from avsac_lit.build import CONFIG_PATH, build_module
 from avsac_lit.checkpoint import quiet
 from avsac_lit.data.avsbench import read_class_names
@@ -284,6 +285,7 @@ def convert(cfg: DictConfig) -> Path:
         "hparams_name": "kwargs",
         "hyper_parameters": dict(module.hparams),
         "avsac_lit": {
+            "version": avsac_lit.__version__,
             "config": OmegaConf.to_container(cfg, resolve=True),
             "class_names": class_names,
             "converted_from": {

@@ -124,7 +124,7 @@ def run_config_for_test(cfg: DictConfig, checkpoint: Path, rebuilt: dict[str, st
             run[key] = cfg.get(key)
         for node in ("trainer", "logger", "paths", "extras"):
             run[node] = OmegaConf.to_container(cfg[node], resolve=True) if cfg.get(node) else None
-        run.callbacks = None
+        run.callbacks = None  # nor are the run's loggers built (checkpoint.NEVER_BUILT)
         # One process whatever the trainer group says: the protocol's per-batch F-score needs the
         # split's batches as one process forms them, and DDP would pad the split with repeats.
         run.trainer.devices, run.trainer.num_nodes = 1, 1

@@ -36,6 +36,10 @@ def export(ckpt_path: str | Path, output: str | Path, keep_training_state: bool 
         module_with_encoders(
             ckpt_path, checkpoint, run_config(ckpt_path, saved.get("config"), None)
         )
+    elif saved.get("config") is not None:
+        # Nothing to build, but a copy that "loads anywhere" must not carry a config that
+        # loading would refuse.
+        run_config(ckpt_path, saved["config"], None)
     if not keep_training_state:
         for key in TRAINING_STATE:
             checkpoint.pop(key, None)
