@@ -328,3 +328,19 @@ def test_the_reference_row_can_be_named_for_runs_whose_config_names_none(tmp_pat
             in (tmp_path / "report.md").read_text())  # fmt: skip
     assert main([str(tmp_path), "--reference", "C"]) == 2
     assert "--reference='C' is no row of this table (A, B)" in capsys.readouterr().err
+
+
+def test_a_sweep_with_a_test_audio_share_and_no_validation_one_is_reported(tmp_path):
+    """Runs that record ``test/audio_share`` but no ``val/audio_share`` (no validation pair to
+    swap, or fitting skipped): the test value is the column, as when both are there."""
+    write_seeded_runs(tmp_path, "s4", {"A": {1: 50.0, 2: 52.0}}, {})
+    for index, share in enumerate((0.2, 0.4)):
+        metrics_file = tmp_path / str(index) / "metrics.json"
+        record = json.loads(metrics_file.read_text())
+        record["metrics"]["test/audio_share"] = share
+        metrics_file.write_text(json.dumps(record))
+    files = report(tmp_path)
+    with files["csv"].open() as handle:
+        (row,) = csv.DictReader(handle)
+    assert float(row["S4 audio share mean"]) == pytest.approx(0.3)
+    assert not any("val" in column for column in row)

@@ -667,8 +667,8 @@ def report(
         )
     if metrics is None:
         wanted += [m for m in EXTRA_METRICS if all(m in run.metrics for run in finished)]
-        if "test/audio_share" in wanted:  # the tested model's, rather than the last epoch's
-            wanted.remove("val/audio_share")
+        if "test/audio_share" in wanted and "val/audio_share" in wanted:
+            wanted.remove("val/audio_share")  # the tested model's, rather than the last epoch's
     table = build_table(runs, wanted, reference)
 
     failed = [run for run in runs if run.problem is not None]
