@@ -222,6 +222,21 @@ def _count_from(least: int) -> Callable[[Any], bool]:
     return lambda value: _is_whole(value) and value >= least
 
 
+# What seed_everything accepts: NumPy's seeds are unsigned 32-bit.
+MAX_SEED = 2**32 - 1
+
+
+def _seed(value: Any) -> bool:
+    return value is None or (_is_whole(value) and 0 <= value <= MAX_SEED)
+
+
+def _image_size(value: Any) -> bool:
+    # The masks are predicted at a quarter of the frame size and upsampled 4x, so another size
+    # gives masks of another size than the labels'; the PVT backbones' first stage reduces its
+    # quarter-size map with an 8 x 8 convolution, which needs 8 x 8 of it.
+    return _is_whole(value) and value >= 32 and value % 4 == 0
+
+
 @dataclass(frozen=True)
 class NumberSetting:
     """A numeric setting, checked before anything is built: what it must be, in words and as a
@@ -233,12 +248,19 @@ class NumberSetting:
     example: str
 
 
-# The numbers of the optimiser and scheduler partials (what torch's Adam/AdamW/SGD and their
-# schedulers take; each checked only where the config has it), the module's and the data's. A
-# string there fails only deep inside (the optimiser at the first training step, the loaders at
-# the first batch) with a bare TypeError, and a negative learning rate with torch's message,
-# neither naming the setting.
+# The seed, the numbers of the optimiser and scheduler partials (what torch's Adam/AdamW/SGD and
+# their schedulers take; each checked only where the config has it), the module's and the data's.
+# A string there fails only deep inside (the optimiser at the first training step, the loaders at
+# the first batch) with a bare TypeError, a negative learning rate with torch's message, a
+# negative seed with NumPy's and a frame size the model cannot tile with a size mismatch in the
+# loss, none naming the setting.
 NUMBER_SETTINGS = (
+    NumberSetting(
+        "seed",
+        f"a whole number from 0 to {MAX_SEED} (NumPy's seeds), or null for no seeding",
+        _seed,
+        "123",
+    ),
     NumberSetting("model.optimizer.lr", "a positive number", _positive, "2e-5"),
     NumberSetting("model.optimizer.weight_decay", "a number >= 0", _non_negative, "0.01"),
     NumberSetting("model.optimizer.betas", "two numbers in [0, 1)", _betas, "[0.9,0.999]"),
@@ -249,7 +271,13 @@ NUMBER_SETTINGS = (
     NumberSetting(
         "model.warmup_steps", "a whole number >= 0 (optimiser steps)", _count_from(0), "50"
     ),
-    NumberSetting("data.img_size", "a whole number >= 1 (pixels)", _count_from(1), "224"),
+    NumberSetting(
+        "data.img_size",
+        "a multiple of 4, at least 32 (pixels: the masks are predicted at a quarter of it and "
+        "upsampled 4x, and the PVT backbones need 8 x 8 of that quarter)",
+        _image_size,
+        "224",
+    ),
     NumberSetting("data.train_batch_size", "a whole number >= 1 (clips)", _count_from(1), "4"),
     NumberSetting("data.eval_batch_size", "a whole number >= 1 (clips)", _count_from(1), "2"),
     NumberSetting(
