@@ -279,6 +279,17 @@ def test_a_read_only_directory_is_named_for_metrics(read_only_dir):
 
 
 @needs_root
+def test_a_read_only_tensorboard_directory_is_named(read_only_dir, synth_trees, tmp_path):
+    """TensorBoard's writer names its file in bytes: the translation of its error used to fail
+    with 'argument should be a str object or an os.PathLike object returning str'."""
+    extra = ["logger=tensorboard", f"logger.tensorboard.save_dir={read_only_dir}"]
+    with pytest.raises(DiskWriteError, match=rf"Cannot write {read_only_dir}/events\.out\.tfevents"
+                       rf"\S+: {read_only_dir} is on a read-only file system"):  # fmt: skip
+        train(tiny_run("ms3", synth_trees["ms3"], tmp_path / "run", extra))
+    assert (read_only_dir / "kept.txt").read_text() == "earlier"
+
+
+@needs_root
 def test_a_cache_on_a_full_or_read_only_disk_turns_itself_off_with_a_warning(
     small_disk, read_only_dir, caplog
 ):

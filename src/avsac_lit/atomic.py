@@ -95,6 +95,8 @@ def disk_write_error(error: BaseException, advice: str | None = None) -> DiskWri
     if not isinstance(error, OSError | RuntimeError):
         return None
     filename = getattr(error, "filename", None)
+    if filename is not None:
+        filename = os.fsdecode(filename)  # TensorBoard's file writer names its file in bytes
     kind = refused_by_disk(error, Path(filename).parent if filename else Path.cwd())
     if kind is None:
         return None
