@@ -105,10 +105,22 @@ def test_eval_still_names_a_missing_encoder_weight_file(last_ckpt, tmp_path):
         ("model.warmup_steps=abc", r"model\.warmup_steps='abc': expected a whole number >= 0"),
         ("model.scheduler.T_max=abc", r"model\.scheduler\.T_max='abc': expected a whole number "
                                       r">= 1, e\.g\. model\.scheduler\.T_max=30\."),
-        ("data.img_size=abc", r"data\.img_size='abc': expected a whole number >= 1 \(pixels\), "
-                              r"e\.g\. data\.img_size=224\."),
-        ("data.img_size=0", r"data\.img_size=0: expected a whole number >= 1 \(pixels\)"),
-        ("data.img_size=96.5", r"data\.img_size=96\.5: expected a whole number >= 1 \(pixels\)"),
+        ("data.img_size=abc", r"data\.img_size='abc': expected a multiple of 4, at least 32 "
+                              r"\(pixels: .*\), e\.g\. data\.img_size=224\."),
+        ("data.img_size=0", r"data\.img_size=0: expected a multiple of 4, at least 32"),
+        ("data.img_size=96.5", r"data\.img_size=96\.5: expected a multiple of 4"),
+        # The masks come out 4 * ceil(63 / 4) = 64 px: a bare size mismatch in the loss.
+        ("data.img_size=63", r"data\.img_size=63: expected a multiple of 4, at least 32 "
+                             r"\(pixels: the masks are predicted at a quarter of it and upsampled "
+                             r"4x, and the PVT backbones need 8 x 8 of that quarter\), "
+                             r"e\.g\. data\.img_size=224\."),
+        # PVT's first stage: "Kernel size can't be greater than actual input size".
+        ("data.img_size=28", r"data\.img_size=28: expected a multiple of 4, at least 32"),
+        # seed_everything: "-1 is not in bounds, numpy accepts from 0 to 4294967295".
+        ("seed=-1", r"seed=-1: expected a whole number from 0 to 4294967295 \(NumPy's seeds\), "
+                    r"or null for no seeding, e\.g\. seed=123\."),
+        ("seed=4294967296", r"seed=4294967296: expected a whole number from 0 to 4294967295"),
+        ("seed=abc", r"seed='abc': expected a whole number from 0 to 4294967295"),
         ("data.train_batch_size=abc", r"data\.train_batch_size='abc': expected a whole number "
                                       r">= 1 \(clips\), e\.g\. data\.train_batch_size=4\."),
         ("data.eval_batch_size=0", r"data\.eval_batch_size=0: expected a whole number >= 1"),

@@ -15,7 +15,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from avsac_lit.callbacks import UnfreezeBackbone, ValidationOverlays
 from avsac_lit.models.backbone import VisualBackbone
+from avsac_lit.train import train
 from avsac_lit.viz import clip_figure, mask_palette, overlay, predicted_masks
+from tests.helpers import tiny_run
 
 
 class TinySystem(L.LightningModule):
@@ -88,6 +90,32 @@ def test_overlays_are_written_as_png_grids_every_validation_epoch_without_a_logg
     names = sorted(p.name for p in (run / "overlays" / "epoch_000").glob("*.png"))
     assert names == sorted(p.name for p in (run / "overlays" / "epoch_001").glob("*.png"))
     assert json.loads((run / "metrics.json").read_text())["metrics"]["val/miou"] >= 0
+
+
+# The precisions the README documents, and 64-true (the suite's float64 checks). 32-true with
+# the overlays is what every other run does, and 16-mixed on a CPU is Lightning's bf16-mixed.
+PRECISIONS = [
+    "64-true",
+    "bf16-mixed",
+    pytest.param("32-true", marks=pytest.mark.slow),
+    pytest.param("16-mixed", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_every_documented_precision_reaches_validation_with_the_default_callbacks(
+    precision, synth_trees, tmp_path
+):
+    """The overlays feed validation clips to the model outside the validation loop: in the
+    trainer's precision, as the loop does (float frames to a float64 model stopped 64-true)."""
+    extra = [
+        f"trainer.precision={precision}", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+        "trainer.num_sanity_val_steps=0", "test=false",
+    ]  # fmt: skip
+    metrics = train(tiny_run("ms3", synth_trees["ms3"], tmp_path, extra))
+    assert 0.0 <= metrics["val/miou"] <= 1.0
+    grids = list((tmp_path / "overlays" / "epoch_000").glob("*.png"))
+    assert grids, "no validation overlays written"
 
 
 def test_overlays_refuse_nonsense_settings(tmp_path):

@@ -21,6 +21,8 @@ import torch
 from avsac_lit import atomic
 from avsac_lit.atomic import DiskWriteError, atomic_path
 from avsac_lit.checkpoint import load_trained, read_checkpoint
+from avsac_lit.data.audio import wav_to_examples
+from avsac_lit.data.logmel import LogMelCache
 from avsac_lit.eval import evaluate
 from avsac_lit.feature_cache import EncoderFeatureCache
 from avsac_lit.integrity import DamagedCheckpointError, seal, verify, write_checkpoint
@@ -279,6 +281,17 @@ def test_a_read_only_directory_is_named_for_metrics(read_only_dir):
 
 
 @needs_root
+def test_a_read_only_tensorboard_directory_is_named(read_only_dir, synth_trees, tmp_path):
+    """TensorBoard's writer names its file in bytes: the translation of its error used to fail
+    with 'argument should be a str object or an os.PathLike object returning str'."""
+    extra = ["logger=tensorboard", f"logger.tensorboard.save_dir={read_only_dir}"]
+    with pytest.raises(DiskWriteError, match=rf"Cannot write {read_only_dir}/events\.out\.tfevents"
+                       rf"\S+: {read_only_dir} is on a read-only file system"):  # fmt: skip
+        train(tiny_run("ms3", synth_trees["ms3"], tmp_path / "run", extra))
+    assert (read_only_dir / "kept.txt").read_text() == "earlier"
+
+
+@needs_root
 def test_a_cache_on_a_full_or_read_only_disk_turns_itself_off_with_a_warning(
     small_disk, read_only_dir, caplog
 ):
@@ -296,6 +309,65 @@ def test_a_cache_on_a_full_or_read_only_disk_turns_itself_off_with_a_warning(
         warning = " ".join(r.getMessage() for r in caplog.records)
         assert "The feature cache is off for the rest of this run" in warning and why in warning
         assert "model.feature_cache.enabled=false" in warning
+
+
+def flip_byte(path: Path) -> bytes:
+    """Flip one bit in the middle of ``path`` (inside the stored values of a cache entry);
+    returns the damaged bytes."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+@needs_root
+def test_a_damaged_entry_of_a_read_only_cache_is_named_and_computed_once_in_memory(
+    read_only_dir, caplog
+):
+    """A shared cache, read-only to the run, with one damaged entry: deleting it used to stop
+    the run (a read-only DiskWriteError advising another log directory)."""
+    batch = s4_train_batch(clips=2, frames=3)
+    frames, audio = batch["frames"].flatten(0, 1), batch["audio"].flatten(0, 1)
+    owners_view = read_only_dir.parent / "source" / "cache"  # the mount's writable source
+    cache, module = cache_and_module(owners_view)
+    clean = cache.outputs(module.net, frames, audio)
+    entry = sorted(owners_view.glob("visual-*/*.npy"))[0]
+    damaged_bytes = flip_byte(entry)
+    shared = EncoderFeatureCache(root=read_only_dir / "cache", dtype="float32")
+    shared.bind(module.net)
+    caplog.set_level(logging.WARNING, logger="avsac_lit.feature_cache")
+    for _ in range(2):
+        again = shared.outputs(module.net, frames, audio)
+        for level_clean, level_again in zip(clean["visual"], again["visual"], strict=True):
+            torch.testing.assert_close(level_again, level_clean, rtol=1e-4, atol=1e-5)
+    assert (shared.hits, shared.misses) == (2 * 12 - 1, 1)  # computed once, then from memory
+    assert shared.bound  # the other entries are still read
+    (warning,) = [r.getMessage() for r in caplog.records if "cache" in r.getMessage()]
+    damaged = read_only_dir / "cache" / entry.relative_to(owners_view)
+    assert warning.startswith(f"Feature cache entry {damaged} is damaged: its checksum")
+    assert "It cannot be deleted there (Read-only file system)" in warning
+    assert "owned by root" in warning and "paths.cache_dir=DIR" in warning
+    assert entry.read_bytes() == damaged_bytes
+
+
+@needs_root
+def test_a_damaged_entry_of_a_read_only_log_mel_cache_is_named_and_computed_once_in_memory(
+    read_only_dir, synth_trees, caplog
+):
+    wav = sorted(synth_trees["ms3"].rglob("*.wav"))[0]
+    owners_view = LogMelCache(read_only_dir.parent / "source")
+    owners_view.load(wav)
+    damaged_bytes = flip_byte(owners_view.path_for(wav))
+    shared = LogMelCache(read_only_dir)
+    caplog.set_level(logging.WARNING, logger="avsac_lit.data.logmel")
+    for _ in range(2):
+        assert torch.equal(shared.load(wav), wav_to_examples(wav))
+    (warning,) = [r.getMessage() for r in caplog.records if "cache" in r.getMessage()]
+    assert warning.startswith(f"Log-mel cache entry {shared.path_for(wav)} is damaged: its "
+                              "checksum does not match")  # fmt: skip
+    assert "It cannot be deleted there (Read-only file system)" in warning
+    assert "paths.cache_dir=DIR" in warning
+    assert shared.writable and owners_view.path_for(wav).read_bytes() == damaged_bytes
 
 
 @needs_root

@@ -328,3 +328,66 @@ def test_the_reference_row_can_be_named_for_runs_whose_config_names_none(tmp_pat
             in (tmp_path / "report.md").read_text())  # fmt: skip
     assert main([str(tmp_path), "--reference", "C"]) == 2
     assert "--reference='C' is no row of this table (A, B)" in capsys.readouterr().err
+
+
+def test_a_sweep_with_a_test_audio_share_and_no_validation_one_is_reported(tmp_path):
+    """Runs that record ``test/audio_share`` but no ``val/audio_share`` (no validation pair to
+    swap, or fitting skipped): the test value is the column, as when both are there."""
+    write_seeded_runs(tmp_path, "s4", {"A": {1: 50.0, 2: 52.0}}, {})
+    for index, share in enumerate((0.2, 0.4)):
+        metrics_file = tmp_path / str(index) / "metrics.json"
+        record = json.loads(metrics_file.read_text())
+        record["metrics"]["test/audio_share"] = share
+        metrics_file.write_text(json.dumps(record))
+    files = report(tmp_path)
+    with files["csv"].open() as handle:
+        (row,) = csv.DictReader(handle)
+    assert float(row["S4 audio share mean"]) == pytest.approx(0.3)
+    assert not any("val" in column for column in row)
+
+
+def edit_record(run: Path, **facts) -> None:
+    """Set ``facts`` in a run's metrics.json, as another checkout or environment would have."""
+    record = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**record, **facts}))
+
+
+def test_a_cell_of_runs_of_different_code_or_libraries_is_marked(trained_runs, tmp_path):
+    """One seed run with uncommitted changes on the other's commit (another version: its code
+    is not the commit's) and another torch and Lightning: every cell of the row says so, with
+    the runs."""
+    directory = tmp_path / "multirun"
+    shutil.copytree(trained_runs, directory, ignore=shutil.ignore_patterns("report*"))
+    recorded = json.loads((directory / "0" / "metrics.json").read_text())
+    edit_record(directory / "0", commit="0123456789ab+dirty")
+    edit_record(directory / "1", commit="0123456789ab", torch="2.0.0", lightning="2.0.0")
+    files = report(directory)
+    text = files["markdown"].read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| all runs |"))
+    values = row.split(" | ")[1:-1]  # F, mIoU, shuffled-audio mIoU, audio share: both runs'
+    assert len(values) == 4 and all(value.endswith(" †1") for value in values)
+    mix = (
+        "commit `0123456789ab+dirty` (run `0`), `0123456789ab` (run `1`); "
+        f"torch `{recorded['torch']}` (run `0`), `2.0.0` (run `1`); "
+        f"Lightning `{recorded['lightning']}` (run `0`), `2.0.0` (run `1`)"
+    )
+    assert f"- †1 all runs, SynthAVS-MS3: {mix}" in text
+    assert "† The cell averages runs of different code or libraries" in text
+    assert "1 of the runs ran with uncommitted changes (`+dirty`: `0`)" in text
+    with files["csv"].open() as handle:
+        (line,) = (r for r in csv.DictReader(handle) if r["setting"] == "all runs")
+    assert line["SynthAVS-MS3 runs differ in"] == mix.replace("`", "")
+
+
+def test_a_claim_that_pairs_runs_of_different_code_is_marked(tmp_path):
+    paper = {"A": {"s4": {"miou": 80.0}}, "B": {"s4": {"miou": 70.0}}}
+    values = {"A": {1: 80.0, 2: 81.0, 3: 82.0}, "B": {1: 70.0, 2: 70.5, 3: 72.0}}
+    write_seeded_runs(tmp_path, "s4", values, {"paper": paper, "reference": "A"})
+    for index in range(6):  # A's runs are 0-2, B's 3-5
+        edit_record(tmp_path / str(index), commit="aaaa" if index < 3 else "bbbb")
+    text = report(tmp_path)["markdown"].read_text()
+    assert "| A > B | S4 | mIoU | +10.00 | +10.17 | [+9.45, +10.88] | 3 | supported ‡1 |" in text
+    assert (
+        "- ‡1 A and B, S4: commit `aaaa` (runs `0`, `1`, `2`), `bbbb` (runs `3`, `4`, `5`)" in text
+    )
+    assert "†" not in text  # each cell's own runs share their commit

@@ -6,8 +6,10 @@ import copy
 import csv
 import json
 import logging
+import os
 import re
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from avsac_lit.build import build_module
+from avsac_lit.build import build_module, wandb_offline_unless_reachable
 from avsac_lit.checkpoint import upgraded
 from avsac_lit.eval import evaluate
 from avsac_lit.eval import main as eval_main
@@ -213,10 +215,39 @@ def test_runs_log_the_audio_share_of_the_true_audio_only(trained_runs):
         assert "test_shuffled/miou" in metrics and "test_shuffled/audio_share" not in metrics
 
 
-def test_wandb_offline_run_writes_its_directory_and_finishes(synth_trees, tmp_path, monkeypatch):
+def closed_port_url() -> str:
+    """An address on this machine where nothing listens: a W&B server out of reach."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def offline_by(how: str, monkeypatch) -> None:
+    """W&B offline the documented way (WANDB_MODE=offline), or as on a cluster node without
+    internet: a logged-in user's run whose W&B server does not answer (wandb.init waited about
+    100 s there, then stopped the run with a CommError)."""
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    if how == "WANDB_MODE=offline":
+        monkeypatch.setenv("WANDB_MODE", "offline")
+    else:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+        monkeypatch.setenv("WANDB_BASE_URL", closed_port_url())
+        monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+
+
+# The server out of reach ends in the same offline run, the check before it included.
+@pytest.mark.parametrize(
+    "how", [pytest.param("WANDB_MODE=offline", marks=pytest.mark.slow), "server out of reach"]
+)
+def test_wandb_offline_run_writes_its_directory_and_finishes(
+    how, synth_trees, tmp_path, monkeypatch, caplog
+):
     wandb = pytest.importorskip("wandb")
-    monkeypatch.setenv("WANDB_MODE", "offline")
+    offline_by(how, monkeypatch)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    caplog.set_level(logging.WARNING, logger="avsac_lit.build")
     cfg = tiny_run(
         "ms3", synth_trees["ms3"], tmp_path,
         ["logger=wandb", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
@@ -230,6 +261,27 @@ def test_wandb_offline_run_writes_its_directory_and_finishes(synth_trees, tmp_pa
     assert any(runs[0].glob("files/media/images/mask/*"))  # the toggleable mask layers
     assert not (tmp_path / "overlays").exists()  # no PNG grids beside W&B
     assert wandb.run is None  # finished, so the next job of a multirun gets its own run
+    warnings = [r.getMessage() for r in caplog.records if "W&B" in r.getMessage()]
+    if how == "WANDB_MODE=offline":
+        assert not warnings
+        return
+    (warning,) = warnings
+    url = os.environ["WANDB_BASE_URL"]
+    assert warning.startswith(f"W&B at {url} cannot be reached from this machine (")
+    assert f"wandb sync {tmp_path / 'wandb'}/offline-run-*" in warning
+    assert "WANDB_MODE=offline" in warning
+
+
+def test_wandb_offline_by_setting_is_not_checked_against_the_server(tmp_path, monkeypatch, caplog):
+    """WANDB_MODE=offline, or the logger's offline: true: no check, no warning."""
+    monkeypatch.setenv("WANDB_BASE_URL", closed_port_url())
+    caplog.set_level(logging.WARNING, logger="avsac_lit.build")
+    for mode, offline in (("offline", "false"), ("", "true")):
+        monkeypatch.setenv("WANDB_MODE", mode)
+        cfg = compose_config("train", ["logger=wandb", f"logger.wandb.offline={offline}"], tmp_path)
+        wandb_offline_unless_reachable(cfg)
+        assert cfg.logger.wandb.offline is (offline == "true")
+    assert not caplog.records
 
 
 def test_a_resumed_run_equals_the_uninterrupted_one(synth_trees, tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import pwd
 import secrets
 import shutil
 import time
@@ -95,6 +96,8 @@ def disk_write_error(error: BaseException, advice: str | None = None) -> DiskWri
     if not isinstance(error, OSError | RuntimeError):
         return None
     filename = getattr(error, "filename", None)
+    if filename is not None:
+        filename = os.fsdecode(filename)  # TensorBoard's file writer names its file in bytes
     kind = refused_by_disk(error, Path(filename).parent if filename else Path.cwd())
     if kind is None:
         return None
@@ -164,6 +167,27 @@ def run_advice() -> str:
         f"hydra.run.dir={_run_directory}; or go on in another directory: "
         f"paths.log_dir=/another/disk ckpt_path={last}."
     )
+
+
+def unrepairable(path: Path, error: OSError, instead: str) -> str:
+    """The sentences for a damaged file of a cache that this process cannot delete (a shared
+    cache, read-only to it): why it stays, what the run does ``instead``, and how to repair it."""
+    reason = error.strerror or str(error)
+    return (
+        f"It cannot be deleted there ({reason}), so it stays as it is and {instead}. To repair "
+        f"it, delete it with write access to the cache (owned by {owner(path)}), or give the run "
+        "a writable copy of the cache: paths.cache_dir=DIR."
+    )
+
+
+def owner(path: Path) -> str:
+    """The name of the user who owns ``path`` (or its nearest existing folder); the uid where
+    the system has no name for it."""
+    uid = nearest_existing(path).stat().st_uid
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def remove_leftovers(directory: str | Path, older_than_s: float = 0.0) -> list[Path]:

@@ -8,8 +8,12 @@ and the notebooks. The configs ship inside the package (``avsac_lit/conf``) and 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import os
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +125,63 @@ def instantiate_group(group: DictConfig | None, kind: str) -> list[Any]:
     return built
 
 
+# Where wandb.init connects unless WANDB_BASE_URL says otherwise, and how long the check waits
+# for it (wandb itself waits about 100 s, then stops the run).
+WANDB_DEFAULT_URL = "https://api.wandb.ai"
+WANDB_PROBE_TIMEOUT_S = 5.0
+WANDB_OFFLINE_MODES = ("offline", "dryrun", "disabled")
+
+
+@functools.cache
+def unreachable(url: str) -> str | None:
+    """Why ``url`` cannot be reached from this machine (through the proxies the environment
+    names, as wandb goes), or None when it answers at all (an HTTP error status is an answer).
+    Asked once per process: the jobs of a multirun share the answer."""
+    request = urllib.request.Request(url, method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=WANDB_PROBE_TIMEOUT_S):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except urllib.error.URLError as error:
+        return str(error.reason)
+    except (OSError, ValueError) as error:  # a timeout while reading; a malformed URL
+        return str(error) or type(error).__name__
+
+
+def wandb_offline_unless_reachable(cfg: DictConfig) -> None:
+    """Switch ``cfg.logger``'s W&B logger to offline when the W&B server cannot be reached, with
+    a warning that says where the offline run goes and how to upload it. On a cluster node
+    without internet, wandb.init would wait about 100 s and stop the run (after its wait in the
+    queue); offline, nothing is lost: ``wandb sync`` uploads the same run later. Not checked
+    under WANDB_MODE=offline (or disabled) or with ``offline: true``."""
+    loggers = cfg.get("logger")
+    if not isinstance(loggers, DictConfig):
+        return
+    if os.environ.get("WANDB_MODE", "").lower() in WANDB_OFFLINE_MODES:
+        return
+    for node in loggers.values():
+        is_wandb = isinstance(node, DictConfig) and str(node.get("_target_")).endswith(
+            "WandbLogger"
+        )
+        if not is_wandb or node.get("offline"):
+            continue
+        url = os.environ.get("WANDB_BASE_URL", WANDB_DEFAULT_URL)
+        reason = unreachable(url)
+        if reason is None:
+            continue
+        with open_dict(node):
+            node.offline = True
+        runs = Path(node.get("save_dir") or os.environ.get("WANDB_DIR") or ".") / "wandb"
+        log.warning(
+            "W&B at %s cannot be reached from this machine (%s): this run logs to W&B offline "
+            "instead, into %s/offline-run-*. Upload it later from a machine with network: "
+            "wandb sync %s/offline-run-*. Set WANDB_MODE=offline to go offline without this "
+            "check, or logger=csv for no W&B.",
+            url, reason, runs, runs,
+        )  # fmt: skip
+
+
 def build_run(
     cfg: DictConfig,
     callbacks: DictConfig | None = None,
@@ -131,6 +192,7 @@ def build_run(
     resolved config and log it once."""
     check_trainer_settings(cfg.trainer)
     check_number_settings(cfg)
+    wandb_offline_unless_reachable(cfg)  # before config.yaml records the logger's mode
     note_run_directory(cfg.paths.output_dir)  # named when a disk refuses one of its files
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -222,6 +284,21 @@ def _count_from(least: int) -> Callable[[Any], bool]:
     return lambda value: _is_whole(value) and value >= least
 
 
+# What seed_everything accepts: NumPy's seeds are unsigned 32-bit.
+MAX_SEED = 2**32 - 1
+
+
+def _seed(value: Any) -> bool:
+    return value is None or (_is_whole(value) and 0 <= value <= MAX_SEED)
+
+
+def _image_size(value: Any) -> bool:
+    # The masks are predicted at a quarter of the frame size and upsampled 4x, so another size
+    # gives masks of another size than the labels'; the PVT backbones' first stage reduces its
+    # quarter-size map with an 8 x 8 convolution, which needs 8 x 8 of it.
+    return _is_whole(value) and value >= 32 and value % 4 == 0
+
+
 @dataclass(frozen=True)
 class NumberSetting:
     """A numeric setting, checked before anything is built: what it must be, in words and as a
@@ -233,12 +310,19 @@ class NumberSetting:
     example: str
 
 
-# The numbers of the optimiser and scheduler partials (what torch's Adam/AdamW/SGD and their
-# schedulers take; each checked only where the config has it), the module's and the data's. A
-# string there fails only deep inside (the optimiser at the first training step, the loaders at
-# the first batch) with a bare TypeError, and a negative learning rate with torch's message,
-# neither naming the setting.
+# The seed, the numbers of the optimiser and scheduler partials (what torch's Adam/AdamW/SGD and
+# their schedulers take; each checked only where the config has it), the module's and the data's.
+# A string there fails only deep inside (the optimiser at the first training step, the loaders at
+# the first batch) with a bare TypeError, a negative learning rate with torch's message, a
+# negative seed with NumPy's and a frame size the model cannot tile with a size mismatch in the
+# loss, none naming the setting.
 NUMBER_SETTINGS = (
+    NumberSetting(
+        "seed",
+        f"a whole number from 0 to {MAX_SEED} (NumPy's seeds), or null for no seeding",
+        _seed,
+        "123",
+    ),
     NumberSetting("model.optimizer.lr", "a positive number", _positive, "2e-5"),
     NumberSetting("model.optimizer.weight_decay", "a number >= 0", _non_negative, "0.01"),
     NumberSetting("model.optimizer.betas", "two numbers in [0, 1)", _betas, "[0.9,0.999]"),
@@ -249,7 +333,13 @@ NUMBER_SETTINGS = (
     NumberSetting(
         "model.warmup_steps", "a whole number >= 0 (optimiser steps)", _count_from(0), "50"
     ),
-    NumberSetting("data.img_size", "a whole number >= 1 (pixels)", _count_from(1), "224"),
+    NumberSetting(
+        "data.img_size",
+        "a multiple of 4, at least 32 (pixels: the masks are predicted at a quarter of it and "
+        "upsampled 4x, and the PVT backbones need 8 x 8 of that quarter)",
+        _image_size,
+        "224",
+    ),
     NumberSetting("data.train_batch_size", "a whole number >= 1 (clips)", _count_from(1), "4"),
     NumberSetting("data.eval_batch_size", "a whole number >= 1 (clips)", _count_from(1), "2"),
     NumberSetting(

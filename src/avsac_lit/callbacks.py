@@ -99,8 +99,12 @@ class ValidationOverlays(Callback):
         dataset = validation_dataset(trainer)
         indices = np.unique(np.linspace(0, len(dataset) - 1, self.clips).round().astype(int))
         batch = default_collate([dataset[int(i)] for i in indices])
-        with torch.no_grad():
-            inputs = {k: v.to(pl_module.device) for k, v in batch.items() if torch.is_tensor(v)}
+        # As the validation loop feeds the model: in the trainer's precision (float64 frames to
+        # a 64-true model, autocast under the mixed precisions).
+        precision = trainer.precision_plugin
+        inputs = precision.convert_input({k: v for k, v in batch.items() if torch.is_tensor(v)})
+        inputs = {k: v.to(pl_module.device) for k, v in inputs.items()}
+        with torch.no_grad(), precision.val_step_context():
             predictions = predicted_masks(pl_module(inputs)["logits"]).cpu()
         num_classes = pl_module.num_classes
         class_names = getattr(dataset, "class_names", None)

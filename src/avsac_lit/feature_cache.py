@@ -24,8 +24,10 @@ Integrity. An entry is a ``.npy`` array (1-D, the parts' values in a row) follow
 of its bytes (4 bytes, little-endian; NumPy's reader ignores them). A read checks the checksum,
 the header, the dtype and the length against the store's ``layout.json`` (the parts' shapes); an
 entry that fails (truncated, torn, changed on disk) is logged once with its path, deleted,
-computed again and rewritten, so the run goes on as with a clean cache. A disk that refuses a write
-(full, read-only) turns the cache off for the rest of the run, with a warning.
+computed again and rewritten, so the run goes on as with a clean cache. In a cache this process
+cannot delete from (a shared one, read-only to it) the damaged entry stays: the warning says how
+to repair it, and the run computes that entry once and keeps it in memory. A disk that refuses a
+write (full, read-only) turns the cache off for the rest of the run, with a warning.
 
 Layout: ``{root}/{visual|audio}-v{version}-{digest[:16]}-{dtype}[-{H}x{W}]/{key}.npy`` and
 ``layout.json``, each file written to a unique temporary name and renamed, so concurrent runs of
@@ -45,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from avsac_lit.atomic import DiskWriteError, atomic_path, remove_leftovers
+from avsac_lit.atomic import DiskWriteError, atomic_path, remove_leftovers, unrepairable
 from avsac_lit.models.weights import state_digest
 from avsac_lit.safe_paths import inside
 
@@ -101,6 +103,9 @@ class EncoderFeatureCache:
         self.root, self.dtype, self.enabled, self.verify = Path(root), dtype, enabled, verify
         self.digests: dict[int, str] = {}  # id(encoder) -> weight digest, for the bound model
         self.reported: set[Path] = set()  # damaged entries, logged once each
+        # Damaged entries this process cannot delete, and their values as computed here.
+        self.unrepairable: set[Path] = set()
+        self.in_memory: dict[Path, Tensor] = {}
         self.hits = self.misses = 0
 
     def bind(self, net: nn.Module) -> None:
@@ -210,6 +215,8 @@ class EncoderFeatureCache:
         """One entry (float32), or None when it is missing or damaged (a damaged one is logged
         and deleted, to be computed and written again)."""
         path = inside(store, f"{key}.npy")
+        if path in self.unrepairable:
+            return self.in_memory.get(path)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -239,21 +246,28 @@ class EncoderFeatureCache:
         return tensor.float()
 
     def damaged(self, path: Path, why: str) -> None:
+        try:
+            path.unlink(missing_ok=True)
+            outcome = "Deleted; it is computed and written again."
+        except OSError as error:
+            self.unrepairable.add(path)
+            outcome = unrepairable(path, error, "this run computes what it holds itself, once")
         if path not in self.reported:
             self.reported.add(path)
-            log.warning("Feature cache entry %s is damaged: %s. Deleted; it is computed and "
-                        "written again.", path, why)  # fmt: skip
-        path.unlink(missing_ok=True)
+            log.warning("Feature cache entry %s is damaged: %s. %s", path, why, outcome)
 
     def write(self, store: Path, key: str, value: Tensor) -> Tensor:
         """Store one entry; returns it as a read gives it back (rounded to the dtype)."""
         rounded = value.detach().to("cpu", DTYPES[self.dtype]).contiguous()
         array = (rounded.view(torch.int16) if self.dtype == "bfloat16" else rounded).numpy()
+        path = inside(store, f"{key}.npy")
+        if path in self.unrepairable:
+            self.in_memory[path] = rounded.float()
+            return self.in_memory[path]
         body = io.BytesIO()
         np.save(body, array, allow_pickle=False)
         data = body.getvalue()
-        self.guarded_write(inside(store, f"{key}.npy"),
-                           data + zlib.crc32(data).to_bytes(CHECKSUM_BYTES, "little"))  # fmt: skip
+        self.guarded_write(path, data + zlib.crc32(data).to_bytes(CHECKSUM_BYTES, "little"))
         return rounded.float()
 
     def guarded_write(self, path: Path, data: bytes) -> None:

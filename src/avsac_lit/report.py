@@ -16,6 +16,11 @@ Reads what every run of a multirun leaves in its directory, with no logger neede
   mean difference, 95 % interval, n, and the verdict on the order the paper's numbers claim),
   the same per row in ``report.csv``, and ``report_claims.png``.
 
+A cell that averages runs of different code or libraries (the commit, ``+dirty`` or not, the
+torch and Lightning versions their ``metrics.json`` records) carries a mark (``†1``), explained
+below the table with the versions and their runs; a paired difference over such runs carries one
+in the claims (``‡1``); ``report.csv`` says the same in a "runs differ in" column.
+
 Rows are labelled by the recipe (``report.row`` in the config, set by the settings,
 ``avsac_lit/conf/setting/*.yaml``, and the table recipes); a multirun without one gets labels from
 the overrides that vary across its runs. The paper's values come from the recipe's
@@ -64,6 +69,11 @@ LISTENING_GAP = "gap/miou"
 PAIRED_ONLY = {LISTENING_GAP: "listening gap (mIoU, true - shuffled audio)",
                "test/audio_share": "audio share"}  # fmt: skip
 ERROR_LINE = re.compile(r"\b\w*(Error|Exception|Interrupt)\b.*")
+# What a run's numbers depend on besides its config (metrics.json's keys, as a reader names them):
+# runs averaged or paired across a change of one are marked. A commit with uncommitted changes
+# ("+dirty") is another version than the clean commit.
+VERSION_FACTS = {"commit": "commit", "torch": "torch", "lightning": "Lightning"}
+NOT_RECORDED = "not recorded"
 
 
 @dataclass
@@ -75,6 +85,17 @@ class Run:
     config: DictConfig | None
     record: dict | None  # metrics.json
     problem: str | None = None
+    name: str = ""  # the run's directory under the multirun's
+
+    @property
+    def versions(self) -> dict[str, str]:
+        """The code and library versions the run recorded (:data:`VERSION_FACTS`)."""
+        record = self.record or {}
+        return {key: str(record.get(key) or NOT_RECORDED) for key in VERSION_FACTS}
+
+    @property
+    def seed(self):
+        return self.select("seed", (self.record or {}).get("seed"))
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -163,7 +184,10 @@ def find_runs(root: Path) -> list[Run]:
     """Every job directory under ``root``: where Hydra wrote ``.hydra/`` or a run wrote metrics."""
     paths = {p.parent for p in root.rglob(".hydra") if p.is_dir()}
     paths |= {p.parent for p in root.rglob("metrics.json")}
-    return [read_run(p) for p in sorted(paths, key=natural_key)]
+    runs = [read_run(p) for p in sorted(paths, key=natural_key)]
+    for run in runs:
+        run.name = run.path.relative_to(root).as_posix()
+    return runs
 
 
 def multiruns(root: Path) -> list[Path]:
@@ -249,6 +273,8 @@ class Table:
     # (row, column, metric) -> {seed: value}: what paired comparisons read.
     by_seed: dict[tuple[str, str, str], dict] = field(default_factory=dict)
     ours: str | None = None  # the row every other is compared with
+    # (row, column) -> the finished runs its cells average.
+    cell_runs: dict[tuple[str, str], list[Run]] = field(default_factory=dict)
 
     def paper_value(self, row: str, task: str, metric: str) -> float | None:
         if metric not in PAPER_METRICS:
@@ -284,14 +310,16 @@ def build_table(runs: list[Run], metrics: Sequence[str], reference: str | None =
     cells: dict[tuple[str, str, str], Cell] = {}
     by_seed: dict[tuple[str, str, str], dict] = {}
     seeds: dict[str, set] = {}
+    cell_runs: dict[tuple[str, str], list[Run]] = {}
     for run in finished:
         row = labels[run.path]
         if row not in rows:
             rows.append(row)
         if (run.column, run.task) not in columns:
             columns.append((run.column, run.task))
-        seed = run.select("seed", (run.record or {}).get("seed"))
+        seed = run.seed
         seeds.setdefault(row, set()).add(seed)
+        cell_runs.setdefault((row, run.column), []).append(run)
         for metric in dict.fromkeys([*metrics, *PAIRED_ONLY]):
             value = metric_value(run.metrics, metric)
             if value is None:
@@ -308,7 +336,7 @@ def build_table(runs: list[Run], metrics: Sequence[str], reference: str | None =
     rows.sort(key=lambda row: paper_order.get(row, len(paper_order)))
     table = Table(title=str(title), rows=rows, columns=columns, metrics=list(metrics),
                   cells=cells, paper=paper, seeds=seeds, by_seed=by_seed,
-                  ours=reference_row(first, rows, reference))  # fmt: skip
+                  ours=reference_row(first, rows, reference), cell_runs=cell_runs)  # fmt: skip
     add_vision_only_reference(table, finished)
     return table
 
@@ -374,6 +402,7 @@ class Comparison:
     metric: str
     difference: PairedDifference
     paper_difference: float | None
+    runs: list[Run] = field(default_factory=list)  # both rows' runs of the seeds paired
 
     @property
     def verdict(self) -> str | None:
@@ -397,17 +426,57 @@ def comparisons(table: Table) -> list[Comparison]:
             continue
         for (column, task), metric in itertools.product(table.columns, [*PAPER_METRICS,
                                                                         *PAIRED_ONLY]):  # fmt: skip
-            ours = table.by_seed.get((table.ours, column, metric))
-            other = table.by_seed.get((row, column, metric))
-            difference = paired_difference(ours or {}, other or {})
+            ours = table.by_seed.get((table.ours, column, metric)) or {}
+            other = table.by_seed.get((row, column, metric)) or {}
+            difference = paired_difference(ours, other)
             if difference is None:
                 continue
             paper = None
             if metric in PAPER_METRICS:
                 mine, theirs = (table.paper_value(r, task, metric) for r in (table.ours, row))
                 paper = None if mine is None or theirs is None else mine - theirs
-            found.append(Comparison(row, column, task, metric, difference, paper))
+            paired = [
+                run
+                for key in ((table.ours, column), (row, column))
+                for run in table.cell_runs.get(key, [])
+                if run.seed in ours.keys() & other.keys()
+            ]
+            found.append(Comparison(row, column, task, metric, difference, paper, paired))
     return found
+
+
+def version_mix(runs: Sequence[Run]) -> str | None:
+    """How ``runs`` differ in :data:`VERSION_FACTS`, e.g. "commit `a1b2` (runs `0`, `2`),
+    `c3d4+dirty` (run `1`)"; None when they share every one."""
+    parts = []
+    for key, name in VERSION_FACTS.items():
+        groups: dict[str, list[str]] = {}
+        for run in runs:
+            groups.setdefault(run.versions[key], []).append(f"`{run.name}`")
+        if len(groups) > 1:
+            values = (f"`{value}` (run{'s' * (len(names) > 1)} {', '.join(names)})"
+                      for value, names in groups.items())  # fmt: skip
+            parts.append(f"{name} {', '.join(values)}")
+    return "; ".join(parts) or None
+
+
+def mixed_cells(table: Table) -> dict[tuple[str, str], str]:
+    """(row, column) -> how the runs its cells average differ (:func:`version_mix`), for the
+    cells whose runs do."""
+    mixes = {}
+    for row, (column, _) in itertools.product(table.rows, table.columns):
+        mix = version_mix(table.cell_runs.get((row, column), []))
+        if mix:
+            mixes[(row, column)] = mix
+    return mixes
+
+
+def numbered(symbol: str, texts: Sequence[str]) -> dict[str, str]:
+    """Footnote marks (``†1``, ``†2``, ...) for the distinct ``texts``, in order."""
+    marks: dict[str, str] = {}
+    for text in texts:
+        marks.setdefault(text, f"{symbol}{len(marks) + 1}")
+    return marks
 
 
 def interval(difference: PairedDifference, digits: int) -> str:
@@ -431,6 +500,13 @@ def claims_section(table: Table, found: list[Comparison]) -> list[str]:
         "could have resolved.",
         "",
     ]
+    mixes = {id(c): version_mix(c.runs) for c in found}
+    marks = numbered("‡", [mix for mix in mixes.values() if mix])
+
+    def mark(c: Comparison) -> str:
+        mix = mixes[id(c)]
+        return f" {marks[mix]}" if mix else ""
+
     claims = [c for c in found if c.paper_difference is not None]
     if claims:
         text += [
@@ -445,7 +521,7 @@ def claims_section(table: Table, found: list[Comparison]) -> list[str]:
             text.append(
                 f"| {c.claim(ours)} | {c.column} | {label_of(c.metric)} | "
                 f"{c.paper_difference:+.2f} | {c.difference.mean:+.2f} | "
-                f"{interval(c.difference, 2)} | {c.difference.n} | {result} |"
+                f"{interval(c.difference, 2)} | {c.difference.n} | {result}{mark(c)} |"
             )
         text.append("")
     others = [c for c in found if c.paper_difference is None]
@@ -460,9 +536,22 @@ def claims_section(table: Table, found: list[Comparison]) -> list[str]:
             digits = 2 if c.metric == LISTENING_GAP else 3
             text.append(
                 f"| {c.row} | {c.column} | {label_of(c.metric)} | "
-                f"{c.difference.mean:+.{digits}f} | {interval(c.difference, digits)} | "
+                f"{c.difference.mean:+.{digits}f}{mark(c)} | {interval(c.difference, digits)} | "
                 f"{c.difference.n} |"
             )
+        text.append("")
+    if marks:
+        text += [
+            "‡ The paired runs ran different code or libraries (their `metrics.json`): the "
+            "difference holds that change as well as the rows'. Rerun one side on the other's "
+            "version before reading it as the rows' difference.",
+            "",
+        ]
+        pairs = {}
+        for c in found:
+            if mixes[id(c)]:
+                pairs.setdefault(marks[mixes[id(c)]], f"{ours} and {c.row}, {c.column}")
+        text += [f"- {m} {pairs[m]}: {mix}" for mix, m in marks.items()]
         text.append("")
     return text
 
@@ -510,8 +599,10 @@ def format_cell(cell: Cell | None, runs_per_row: int, digits: int = 2) -> str:
     return text
 
 
-def markdown_table(table: Table) -> str:
-    """The table with measured and paper values side by side."""
+def markdown_table(table: Table, marks: dict[tuple[str, str], str] | None = None) -> str:
+    """The table with measured and paper values side by side; a cell of (row, column) in
+    ``marks`` carries its footnote mark."""
+    marks = marks or {}
     header = ["Setting"]
     for column, task, metric, with_paper in table.layout():
         header.append(f"{column} {label_of(metric)}")
@@ -525,7 +616,11 @@ def markdown_table(table: Table) -> str:
         line = [row]
         for column, task, metric, with_paper in table.layout():
             digits = 2 if scale(metric) != 1.0 else 3  # percentages, or fractions (audio share)
-            line.append(format_cell(table.cells.get((row, column, metric)), expected, digits))
+            cell = table.cells.get((row, column, metric))
+            text = format_cell(cell, expected, digits)
+            if cell is not None and (row, column) in marks:
+                text += f" {marks[(row, column)]}"
+            line.append(text)
             if with_paper:
                 value = table.paper_value(row, task, metric)
                 line.append("–" if value is None else f"{value:.2f}")
@@ -536,7 +631,10 @@ def markdown_table(table: Table) -> str:
 
 def write_csv(table: Table, path: Path, found: Sequence[Comparison] = ()) -> None:
     """The table, one column per number; with a reference row, each row's paired difference
-    from it (mean, 95 % interval, n and, for the paper's metrics, the verdict)."""
+    from it (mean, 95 % interval, n and, for the paper's metrics, the verdict). A column per
+    task, and per paired difference, says how the runs it holds differ in code or libraries
+    (:func:`version_mix`; empty when they do not)."""
+    mixes = mixed_cells(table)
     paired = {(c.row, c.column, c.metric): c for c in found}
     compared = sorted(
         {(c.column, c.metric) for c in found},
@@ -553,6 +651,8 @@ def write_csv(table: Table, path: Path, found: Sequence[Comparison] = ()) -> Non
         header += [f"{name} mean", f"{name} ci low", f"{name} ci high", f"{name} n"]
         if metric in PAPER_METRICS:
             header += [f"{name} paper", f"{name} verdict"]
+        header.append(f"{name} runs differ in")
+    header += [f"{column} runs differ in" for column, _ in table.columns]
     header.append("seeds")
     with atomic_path(path) as partial, partial.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -572,7 +672,7 @@ def write_csv(table: Table, path: Path, found: Sequence[Comparison] = ()) -> Non
             for column, metric in compared:
                 c = paired.get((row, column, metric))
                 if c is None:
-                    line += ["", "", "", 0] + (["", ""] if metric in PAPER_METRICS else [])
+                    line += ["", "", "", 0] + (["", ""] if metric in PAPER_METRICS else []) + [""]
                     continue
                 d = c.difference
                 bounds = ["", ""] if d.low is None else [round(d.low, 4), round(d.high, 4)]
@@ -580,8 +680,15 @@ def write_csv(table: Table, path: Path, found: Sequence[Comparison] = ()) -> Non
                 if metric in PAPER_METRICS:
                     paper = "" if c.paper_difference is None else round(c.paper_difference, 4)
                     line += [paper, c.verdict or ""]
+                line.append(plain(version_mix(c.runs)))
+            line += [plain(mixes.get((row, column))) for column, _ in table.columns]
             line.append(" ".join(map(str, table.seed_list(row))))
             writer.writerow(line)
+
+
+def plain(text: str | None) -> str:
+    """Markdown's code quotes left out, for the CSV."""
+    return (text or "").replace("`", "")
 
 
 def plot(table: Table, metric: str, path: Path) -> None:
@@ -633,10 +740,19 @@ def provenance(root: Path, runs: list[Run]) -> list[str]:
         suffix = "" if where == "." else f" (runs under `{where}/`)"
         lines.append(f"- Command: `python -m avsac_lit.train -m {' '.join(task)}`{suffix}")
     records = [run.record for run in runs if run.record]
-    for key, name in (("commit", "Commit"), ("hardware", "Hardware"), ("torch", "torch")):
+    facts = (("commit", "Commit"), ("hardware", "Hardware"), ("torch", "torch"),
+             ("lightning", "Lightning"))  # fmt: skip
+    for key, name in facts:
         seen = sorted({str(r.get(key)) for r in records if r.get(key)})
         if seen:
             lines.append(f"- {name}: {', '.join(f'`{s}`' for s in seen)}")
+    dirty = [run.name for run in runs if str((run.record or {}).get("commit")).endswith("+dirty")]
+    if dirty:
+        lines.append(
+            f"- {len(dirty)} of the runs ran with uncommitted changes (`+dirty`: "
+            f"{', '.join(f'`{name}`' for name in dirty)}): their commit does not name their code, "
+            "and runs that record the same `+dirty` commit may still have run different code."
+        )
     walls = [r["wall_time_s"] for r in records if isinstance(r.get("wall_time_s"), int | float)]
     if walls:
         total = sum(walls)
@@ -671,9 +787,11 @@ def report(
         )
     if metrics is None:
         wanted += [m for m in EXTRA_METRICS if all(m in run.metrics for run in finished)]
-        if "test/audio_share" in wanted:  # the tested model's, rather than the last epoch's
-            wanted.remove("val/audio_share")
+        if "test/audio_share" in wanted and "val/audio_share" in wanted:
+            wanted.remove("val/audio_share")  # the tested model's, rather than the last epoch's
     table = build_table(runs, wanted, reference)
+    mixes = mixed_cells(table)
+    marks = numbered("†", list(mixes.values()))
 
     failed = [run for run in runs if run.problem is not None]
     text = [f"# {table.title}", ""]
@@ -682,9 +800,18 @@ def report(
         + (", the audio share from 0 to 1" if any("audio_share" in m for m in wanted) else "")
         + f" ({len(finished)} finished runs under `{root.name}/`).",
         "",
-        markdown_table(table),
+        markdown_table(table, {key: marks[mix] for key, mix in mixes.items()}),
         "",
     ]
+    if mixes:
+        text += [
+            "† The cell averages runs of different code or libraries (their `metrics.json`): its "
+            "spread holds that change as well as the seeds'. Rerun the odd runs on one version "
+            "to compare seeds alone.",
+            "",
+            *(f"- {marks[mix]} {row}, {column}: {mix}" for (row, column), mix in mixes.items()),
+            "",
+        ]
     if any(table.has_paper(m) for m in wanted):
         text.append("Paper values: AVSBench with the paper's backbone, from the table named above.")
         if any(column.startswith("SynthAVS") for column, _ in table.columns):

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import lightning
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import CSVLogger
@@ -40,6 +41,7 @@ def run_facts(cfg: DictConfig) -> dict:
         "hardware": hardware(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "torch": torch.__version__,
+        "lightning": lightning.__version__,
     }
 
 

@@ -4,8 +4,10 @@ AVSS publishes only ``audio.wav``, and an S4/MS3 copy may lack some ``.pkl`` fil
 AVSS code runs the VGGish front end on every batch in the main process; we run it once per wav and
 cache the result, keyed by the wav's absolute path and invalidated when the wav's size or
 modification time changes. Each entry carries the checksum of its tensor: a damaged one is
-computed again. The cache lives outside the dataset tree (which may be read-only), in
-the ``log_mel/`` folder of the suite's cache directory (``paths.cache_dir``).
+computed again (in a cache this process cannot delete from, a shared one read-only to it, the
+entry stays, and the process keeps the log-mels it computed instead in memory). The cache lives
+outside the dataset tree (which may be read-only), in the ``log_mel/`` folder of the suite's cache
+directory (``paths.cache_dir``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from avsac_lit.atomic import atomic_path, remove_leftovers
+from avsac_lit.atomic import atomic_path, remove_leftovers, unrepairable
 from avsac_lit.data.audio import wav_to_examples
 from avsac_lit.integrity import tensor_checksum
 from avsac_lit.safe_paths import inside
@@ -52,6 +54,9 @@ class LogMelCache:
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.cache_dir = root / "log_mel"
         self.writable = True
+        # Damaged entries this process cannot delete, and the entries computed here instead.
+        self.unrepairable: set[Path] = set()
+        self.in_memory: dict[Path, dict] = {}
 
     def remove_leftovers(self) -> None:
         """Delete what killed writers left here; an hour old, so no live writer's file."""
@@ -70,7 +75,10 @@ class LogMelCache:
         stat = wav_path.stat()
         key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "version": FRONTEND_VERSION}
         cached_path = self.path_for(wav_path)
-        cached = self.read(cached_path)
+        if cached_path in self.unrepairable:
+            cached = self.in_memory.get(cached_path)
+        else:
+            cached = self.read(cached_path)
         if cached is not None and cached.get("key") == key:  # else stale: the wav changed
             return cached["examples"]
         examples = wav_to_examples(wav_path)
@@ -94,14 +102,22 @@ class LogMelCache:
         return cached
 
     def damaged(self, path: Path, why: str) -> None:
-        log.warning("Log-mel cache entry %s is damaged: %s. Deleted; it is computed from its wav "
-                    "again.", path, why)  # fmt: skip
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+            outcome = "Deleted; it is computed from its wav again."
+        except OSError as error:
+            self.unrepairable.add(path)
+            instead = "this process computes its log-mels from the wav itself, once"
+            outcome = unrepairable(path, error, instead)
+        log.warning("Log-mel cache entry %s is damaged: %s. %s", path, why, outcome)
 
     def write(self, path: Path, payload: dict) -> None:
         """Cache an entry; a disk that refuses it turns the cache's writes off, with a warning
         (dataloader workers may compute the same wav at once: each writes its own temporary
         file, and the rename is atomic)."""
+        if path in self.unrepairable:
+            self.in_memory[path] = payload
+            return
         if not self.writable:
             return
         payload = payload | {"checksum": tensor_checksum(payload["examples"])}
