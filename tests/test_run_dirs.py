@@ -31,6 +31,7 @@ from avsac_lit.rundir import (
     Holder,
     RunDirectoryInUse,
     hold_run_directory,
+    process_start,
     run_directory_held,
     this_command,
 )
@@ -243,8 +244,9 @@ def test_a_second_process_in_a_live_runs_directory_is_refused_naming_the_holder(
     run_dir = tmp_path / "run"
     overrides = [
         "+experiment=synthetic_ms3", f"data.root={synth_trees['ms3']}", *TINY_RUN,
-        "trainer.max_epochs=1", "trainer.limit_train_batches=2", "test=false", "logger=csv",
-        "~callbacks.overlays", "+callbacks.second._target_=tests.test_run_dirs.SecondProcess",
+        "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.num_sanity_val_steps=0",
+        "test=false", "logger=csv", "~callbacks.overlays",
+        "+callbacks.second._target_=tests.test_run_dirs.SecondProcess",
     ]  # fmt: skip
     overrides.remove("~logger")
     # The first as the command line starts it: Hydra's record of its overrides is there.
@@ -269,6 +271,9 @@ def test_a_second_process_in_a_live_runs_directory_is_refused_naming_the_holder(
 def test_a_lock_whose_holder_has_ended_is_taken_over_and_a_live_one_kept(
     tmp_path, monkeypatch, caplog
 ):
+    """A holder killed (kill -9, out of memory) leaves its lock: taken over with a log line when
+    its process is gone or its number is another process's now, or when it was an earlier
+    attempt of this SLURM job; a live one on this host, or one on another host, is kept."""
     lock = tmp_path / LOCK
 
     def held_by(**fields) -> None:
@@ -279,14 +284,14 @@ def test_a_lock_whose_holder_has_ended_is_taken_over_and_a_live_one_kept(
             "command": "python -m avsac_lit.train seed=1",
             "since": "2025-01-02 03:04:05",
         }
-        lock.write_text(Holder(**{**holder, **fields}).text())  # fmt: skip
+        lock.write_text(Holder(**{**holder, **fields}).text())
 
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
     caplog.set_level("WARNING", logger="avsac_lit.rundir")
     for fields, why in (
         ({"pid": ended.pid}, "its process is gone"),
-        ({"started": -1}, "its process number now belongs to another process"),
+        ({"pid": os.getppid(), "started": -1}, "its process number now belongs to another process"),
     ):
         held_by(**fields)
         with run_directory_held(tmp_path, "this test"):
@@ -294,6 +299,9 @@ def test_a_lock_whose_holder_has_ended_is_taken_over_and_a_live_one_kept(
         assert f"Took over {lock} from python -m avsac_lit.train seed=1 (host" in caplog.text
         assert f"since 2025-01-02 03:04:05): {why}." in caplog.text
         assert not lock.exists()
+    held_by(pid=os.getppid(), started=process_start(os.getppid()))  # alive
+    with pytest.raises(RunDirectoryInUse, match=rf"process {os.getppid()}, since"):
+        hold_run_directory(tmp_path, "this test")
     # On another host it cannot be probed: refused, unless it was an earlier attempt of this
     # SLURM job (requeued onto another node).
     held_by(host="n1", pid=4321, slurm_job="77")

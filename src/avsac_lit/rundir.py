@@ -96,6 +96,8 @@ class Holder:
     def ended(self) -> str | None:
         """Why this holder has certainly ended, or None if it may still run."""
         if self.host == socket.gethostname():
+            if self.pid == os.getpid():  # a lock this process does not hold: an earlier one's
+                return "its process number is now this process's"
             try:
                 os.kill(self.pid, 0)
             except ProcessLookupError:
