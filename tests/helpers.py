@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal as signal_module
 from pathlib import Path
@@ -75,3 +76,16 @@ class SignalAt(Callback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args) -> None:
         if self.step == -1 and batch_idx == 0:
             os.kill(os.getpid(), self.signum)
+
+
+class SignalAtExit(Callback):
+    """Sends this process ``signal`` as it exits, after its run has ended (an ``atexit``
+    function, registered as training ends): a scheduler's signal that comes while a job that
+    finished shuts down. Add it with ``+callbacks.signal_at_exit._target_=tests.helpers.
+    SignalAtExit``."""
+
+    def __init__(self, signal: str = "SIGUSR2") -> None:
+        self.signum = getattr(signal_module, signal)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        atexit.register(os.kill, os.getpid(), self.signum)

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from avsac_lit.callbacks import UnfreezeBackbone, ValidationOverlays
+from avsac_lit.callbacks import ResumableCheckpoint, UnfreezeBackbone, ValidationOverlays
 from avsac_lit.models.backbone import VisualBackbone
 from avsac_lit.train import train
 from avsac_lit.viz import clip_figure, mask_palette, overlay, predicted_masks
@@ -247,3 +247,35 @@ def test_last_ckpt_follows_every_epoch_even_without_a_new_best(synth_trees, tmp_
     checkpoints = tmp_path / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 1
+
+
+def test_a_resume_removes_only_the_checkpoints_named_as_the_run_names_them(tmp_path):
+    """Resuming in a run directory used to delete every .ckpt in checkpoints/ that the run did
+    not track: a user's copies and exports too. Only names of the callback's own template go
+    (here the config's epoch_{epoch:03d}); the orphan a kill leaves is still removed."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from tests.helpers import CONF
+
+    node = OmegaConf.load(CONF / "callbacks" / "model_checkpoint.yaml").model_checkpoint
+    node.dirpath = str(tmp_path)
+    callback = instantiate(node)
+    assert callback.filename == "epoch_{epoch:03d}"
+    callback.best_k_models = {str(tmp_path / "epoch_003.ckpt"): torch.tensor(0.5)}
+    files = {
+        name: name.encode() * 100
+        for name in ("last.ckpt", "epoch_003.ckpt", "epoch_001.ckpt", "my_copy.ckpt",
+                     "exported.ckpt", "epoch_best_by_hand.ckpt", "epoch_7.ckpt.bak")
+    }  # fmt: skip
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    callback.remove_untracked(str(tmp_path / "last.ckpt"))
+    del files["epoch_001.ckpt"]  # the orphan: a best the resumed state no longer tracks
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
+
+    # Another template: Lightning's default, with the metric names put in.
+    pattern = ResumableCheckpoint(dirpath=tmp_path).own_name()  # {epoch}-{step}
+    assert pattern.fullmatch("epoch=3-step=12.ckpt")
+    assert pattern.fullmatch("epoch=3-step=12-v1.ckpt")
+    assert not pattern.fullmatch("epoch=3-step=twelve.ckpt")

@@ -29,7 +29,7 @@ from avsac_lit.integrity import DamagedCheckpointError, seal, verify, write_chec
 from avsac_lit.resume import check_resumable
 from avsac_lit.run_record import write_metrics
 from avsac_lit.train import train
-from tests.helpers import eval_run, tiny_run
+from tests.helpers import compose_config, eval_run, tiny_run
 from tests.test_cheaper_steps import s4_train_batch, small_module
 
 HEAD = "net.head.to_mask.0.weight"
@@ -395,3 +395,28 @@ def test_predict_on_a_full_disk_names_it_and_leaves_nothing_half_written(trained
                            r"full \(.*\)\. .*output="):  # fmt: skip
             predict(trained_runs / "0" / "checkpoints" / "last.ckpt", video, output)
         assert not output.exists() or not list(output.rglob("*.*"))
+
+
+def test_the_full_disk_advice_names_the_setting_that_moves_the_run(tmp_path):
+    """Its way on, `paths.log_dir=/another/disk ckpt_path=...`, did nothing for a run whose
+    hydra.run.dir was set: the command went to the same full disk, into a directory that then
+    held another command's run. Where the run directory is set, the advice moves it."""
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"weights")
+    advice = {}
+    atomic.note_run_directory(run)
+    try:
+        for name, extra in (("default", []), ("set", [f"hydra.run.dir={run}"])):
+            compose_config("train", ["+experiment=synthetic_ms3", *extra], run)
+            advice[name] = str(DiskWriteError(errno.ENOSPC, last))
+    finally:
+        atomic.note_run_directory(None)
+    assert advice["set"].endswith(
+        f"Free space there and continue the run: run the same command with hydra.run.dir={run}; "
+        f"or go on in a new directory on another disk: hydra.run.dir=/another/disk/run "
+        f"ckpt_path={last}."
+    )
+    assert "paths.log_dir" not in advice["set"]
+    assert advice["default"].endswith(f": paths.log_dir=/another/disk ckpt_path={last}.")

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
+import shutil
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -144,6 +147,138 @@ def test_sigterm_ends_a_run_non_zero_with_one_line_and_its_checkpoint(synth_tree
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
     assert saved["global_step"] == 8
     assert not (run_dir / "metrics.json").exists()
+
+
+def command_line(tree: Path, run_dir: Path, extra: list[str]) -> list[str]:
+    return [
+        sys.executable, "-m", "avsac_lit.train", "+experiment=synthetic_ms3", f"data.root={tree}",
+        *TINY_RUN, *extra, f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+
+
+def test_ctrl_c_stops_a_run_as_sigterm_does(synth_trees, tmp_path):
+    """SIGINT used to print two tracebacks (Lightning's and Hydra's) and save nothing where it
+    came. Now it is SIGTERM's one line, a checkpoint where the run stands, and 128 + 2."""
+    run_dir = tmp_path / "run"
+    extra = [*RUN, "trainer.num_sanity_val_steps=0", *signal_at(2, "SIGINT")]
+    command = command_line(synth_trees["ms3"], run_dir, extra)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = commands.run(command, timeout=300, env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 128 + signal.SIGINT, output[-3000:]
+    assert "Received SIGINT: the run stops at the next point it can resume from exactly" in output
+    assert "Press Ctrl-C again to stop at once, without a checkpoint." in output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Stopped by")]
+    assert len(lines) == 1, output[-3000:]
+    assert lines[0].startswith(
+        "Stopped by SIGINT in epoch 0 after its batch 2 (step 2), "
+        f"checkpointed to {run_dir / 'checkpoints' / 'last.ckpt'}"
+    )
+    assert "Traceback" not in output
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
+    assert saved["global_step"] == 2
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    with StopSignals("USR2", tmp_path) as signals:
+        os.kill(os.getpid(), signal.SIGINT)  # noted: the run goes on to its checkpoint
+        assert signals.received == signal.SIGINT
+        with pytest.raises(RunStopped) as stopped:
+            os.kill(os.getpid(), signal.SIGINT)
+    assert stopped.value.code == 128 + signal.SIGINT
+    assert str(stopped.value) == (
+        "Stopped by SIGINT at once on a second Ctrl-C, without a new checkpoint; to resume, run "
+        f"the same command with hydra.run.dir={tmp_path} (or continue in a new directory with "
+        f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'})."
+    )
+
+
+def test_a_requeue_signal_after_the_run_has_ended_is_logged_and_the_job_ends_with_status_0(
+    synth_trees, tmp_path
+):
+    """SLURM's signal before a time limit, come as a job that had finished shut down, used to
+    kill it (status -12): SLURM recorded a failure for a run whose results were written."""
+    run_dir = tmp_path / "run"
+    extra = [
+        "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.num_sanity_val_steps=0",
+        "test=false", "~callbacks.overlays",
+        "+callbacks.signal_at_exit._target_=tests.helpers.SignalAtExit",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = commands.run(command_line(synth_trees["ms3"], run_dir, extra), timeout=300, env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "Received SIGUSR2 after the run had ended: nothing to stop or requeue" in output
+    assert record(run_dir)["metrics"]["val/miou"] >= 0
+
+
+@dataclass
+class FineTune:
+    """A fine-tune from A (a copy of a trained run) into B, stopped, then run again."""
+
+    source: Path  # A
+    start: Path  # A's last.ckpt, the fine-tune's ckpt_path
+    run_dir: Path  # B
+    overrides: list[str]
+    source_files: dict[Path, bytes]  # A's files before
+    metrics: dict[str, float]  # the second run's final metrics
+    said: str  # what the second run logged about where it resumes
+
+
+@pytest.fixture(scope="module")
+def fine_tune(trained_runs, tmp_path_factory) -> FineTune:
+    source = tmp_path_factory.mktemp("fine_tune") / "A"
+    shutil.copytree(trained_runs / "0", source)
+    files = {p: p.read_bytes() for p in sorted(source.rglob("*")) if p.is_file()}
+    start = source / "checkpoints" / "last.ckpt"  # step 4, after 2 epochs of 2 batches
+    tree, run_dir = trained_runs.parent / "data", source.parent / "B"
+    overrides = [
+        "++data.synthetic={videos:20,seed:3,size:64}", "seed=1", "trainer.max_epochs=3",
+        "trainer.limit_train_batches=2", "trainer.num_sanity_val_steps=0", "test=false",
+        "logger=csv", "~callbacks.overlays", f"ckpt_path={start}",
+    ]  # fmt: skip
+    with pytest.raises(RunStopped):  # after the first batch of the fine-tune's epoch
+        train(tiny_run("ms3", tree, run_dir, [*overrides, *signal_at(5)]))
+    resume_log = logging.getLogger("avsac_lit.resume")
+    heard = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: heard.append(record.getMessage())
+    resume_log.addHandler(handler)
+    level = resume_log.level
+    resume_log.setLevel(logging.INFO)
+    try:
+        metrics = train(tiny_run("ms3", tree, run_dir, overrides))
+    finally:
+        resume_log.removeHandler(handler)
+        resume_log.setLevel(level)
+    return FineTune(source, start, run_dir, overrides, files, metrics, "\n".join(heard))
+
+
+def test_a_fine_tune_stopped_then_run_again_continues_from_its_own_last_checkpoint(fine_tune):
+    """Started with ckpt_path=A into a new directory B and stopped, the same command used to
+    start from A again, over B's newer last.ckpt (under SLURM's requeue, forever). B's own
+    last.ckpt wins, and A's files are untouched."""
+    own = fine_tune.run_dir / "checkpoints" / "last.ckpt"
+    assert (f"{fine_tune.run_dir} already holds checkpoints/last.ckpt: continuing that run, "
+            f"which started from ckpt_path={fine_tune.start}") in fine_tune.said  # fmt: skip
+    assert f"Resuming from {own}, written in the middle of epoch 2 after 1 of its 2" in (
+        fine_tune.said
+    )
+    assert record(fine_tune.run_dir)["resumed_from"] == str(own)
+    files = {p: p.read_bytes() for p in sorted(fine_tune.source.rglob("*")) if p.is_file()}
+    assert files == fine_tune.source_files
+
+
+@pytest.mark.slow
+def test_a_fine_tune_stopped_and_continued_ends_as_the_uninterrupted_one(
+    fine_tune, trained_runs, tmp_path
+):
+    """Slow: the continuation from its own mid-epoch checkpoint, whose best-checkpoint state
+    came from A, is exact as each part is (the stop tests above, tests/test_train.py's resume
+    into a new directory)."""
+    tree = trained_runs.parent / "data"
+    uninterrupted = train(tiny_run("ms3", tree, tmp_path / "whole", fine_tune.overrides))
+    assert fine_tune.metrics == uninterrupted
 
 
 def test_the_handler_only_notes_the_signal_and_gives_the_previous_ones_back():

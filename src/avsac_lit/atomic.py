@@ -5,7 +5,9 @@ Every file a run writes goes first to a temporary name beside its destination
 (``<name>.<pid>-<random>.partial``: unique, so that processes writing the same file never share
 one) and is renamed over it when complete, so a kill at any moment leaves the previous good file.
 What a kill leaves is a ``.partial``; the next start in that directory removes it
-(:func:`remove_leftovers`).
+(:func:`remove_leftovers`). A file that must be new (an export's, a conversion's output) is
+linked to its name instead, which fails if the name was taken meanwhile: an existing file is
+never replaced (:class:`OutputExists`).
 
 A write the disk refuses (full, over quota, read-only) raises :class:`DiskWriteError`, whose one
 message names the directory, its free space against the size needed, the run's last good
@@ -24,6 +26,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+
+from avsac_lit.rundir import another_disk_setting, in_a_multirun, rerun_hint
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +51,48 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(3)}{PARTIAL_SUFFIX}")
 
 
+class OutputExists(FileExistsError):
+    """A file that must be new exists: nothing was written, and it is as it was."""
+
+    def __init__(self, path: Path, named: str = "") -> None:
+        super().__init__(
+            errno.EEXIST,
+            f"{named}{path} exists already: nothing was written, and it is as it was. Write to "
+            f"a new file name, or move {path} away first if it is no longer needed.",
+            str(path),
+        )
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def refuse_existing(path: str | Path, named: str = "") -> None:
+    """Raise :class:`OutputExists` if ``path`` exists (``named``: how the command line names
+    it, e.g. ``output=``); a check before the work, which :func:`atomic_path` repeats when the
+    file is put in place."""
+    if os.path.lexists(path):
+        raise OutputExists(Path(path), named)
+
+
 @contextmanager
 def atomic_path(
-    path: str | Path, *, size_hint: int = 0, advice: str | None = None
+    path: str | Path, *, size_hint: int = 0, advice: str | None = None, new: bool = False
 ) -> Iterator[Path]:
     """Yield the temporary path to write ``path``'s content to; on success it becomes ``path``,
     on an exception it is removed. A write the disk refuses becomes a :class:`DiskWriteError`
     (``size_hint``: the bytes the file needs, if known; ``advice``: how to go on, if not the
-    run's own files)."""
+    run's own files). ``new=True``: ``path`` must not exist, also when the content is put in
+    place (:class:`OutputExists` otherwise)."""
     path = Path(path)
     partial = temporary_name(path)
     try:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             yield partial
-            partial.replace(path)
+            if new:
+                link_new(partial, path)
+            else:
+                partial.replace(path)
         except (OSError, RuntimeError) as error:
             kind = refused_by_disk(error, path.parent)
             if kind is None or isinstance(error, DiskWriteError):
@@ -72,6 +103,21 @@ def atomic_path(
     finally:
         with suppress(OSError):  # FileNotFoundError, or EROFS: nothing was written then
             partial.unlink(missing_ok=True)
+
+
+def link_new(partial: Path, path: Path) -> None:
+    """Give ``partial``'s file the name ``path``, which must not exist: a hard link, which the
+    file system refuses if the name was taken meanwhile (a rename would replace it). Where it
+    has no hard links (FAT, some network shares), checked then renamed."""
+    try:
+        os.link(partial, path)
+    except FileExistsError:
+        raise OutputExists(path) from None
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        refuse_existing(path)
+        partial.replace(path)
 
 
 def refused_by_disk(error: BaseException, directory: Path) -> int | None:
@@ -157,16 +203,19 @@ def last_good_checkpoint() -> str:
 
 
 def run_advice() -> str:
+    """How a run whose write the disk refused goes on: here once there is space, or in a new
+    directory on another disk, named by the setting that moves it (``paths.log_dir`` moves only
+    a directory that Hydra makes from it, not a ``hydra.run.dir`` given)."""
     if _run_directory is None:
         return "Free space there, or write to another directory."
+    elsewhere = another_disk_setting(_run_directory)
     last = _run_directory / "checkpoints" / "last.ckpt"
     if not last.is_file():
-        return "Free space there, or run in another directory: paths.log_dir=/another/disk."
-    return (
-        "Free space there and continue the run: the same command with "
-        f"hydra.run.dir={_run_directory}; or go on in another directory: "
-        f"paths.log_dir=/another/disk ckpt_path={last}."
-    )
+        return f"Free space there, or run in another directory: {elsewhere}."
+    rerun = f"Free space there and continue the run: {rerun_hint(_run_directory)}"
+    if in_a_multirun():  # a ckpt_path= would start every job of the multirun from this one
+        return f"{rerun}."
+    return f"{rerun}; or go on in a new directory on another disk: {elsewhere} ckpt_path={last}."
 
 
 def unrepairable(path: Path, error: OSError, instead: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -224,16 +225,51 @@ class ResumableCheckpoint(ModelCheckpoint):
     def remove_untracked(self, resumed_from: str | None) -> None:
         """Delete checkpoints in ``dirpath`` that the resumed state does not track: a kill
         between writing a new best and deleting the old one leaves both, and the resumed run
-        would keep the orphan beside its own (Lightning only deletes what it tracks)."""
+        would keep the orphan beside its own (Lightning only deletes what it tracks). Only
+        files named as this callback names its checkpoints (:meth:`own_name`) are deleted:
+        others there (a user's copies, exports) are not the run's."""
         if not resumed_from or not Path(self.dirpath).is_dir():
             return
         keep = {Path(p).resolve() for p in self.best_k_models} | {Path(resumed_from).resolve()}
+        own_name = self.own_name()
         for path in sorted(Path(self.dirpath).glob("*" + self.FILE_EXTENSION)):
-            if path.resolve() in keep or path.stem.startswith(self.CHECKPOINT_NAME_LAST):
+            last = path.stem.startswith(self.CHECKPOINT_NAME_LAST)
+            if path.resolve() in keep or last or not own_name.fullmatch(path.name):
                 continue
             path.unlink()
             log.info("Removed %s: a checkpoint of the interrupted run that its state (%s) no "
                      "longer tracks.", path.name, Path(resumed_from).name)  # fmt: skip
+
+    def own_name(self) -> re.Pattern[str]:
+        """The names this callback gives its checkpoints (``filename``'s template, as Lightning
+        fills it in, with a version suffix): ``epoch_{epoch:03d}`` gives ``epoch_007.ckpt``,
+        never ``epoch_best_by_hand.ckpt``."""
+        name = Path(self.format_checkpoint_name(_EveryValue())).name
+        stem = name.removesuffix(self.FILE_EXTENSION)
+        pattern = _LOGGED_VALUE.join(re.escape(part) for part in stem.split(_MARKER))
+        version = re.escape(self.CHECKPOINT_JOIN_CHAR) + r"v\d+"
+        return re.compile(f"{pattern}(?:{version})?{re.escape(self.FILE_EXTENSION)}")
+
+
+# A number as Lightning writes one into a checkpoint's name (``format(tensor, spec)``).
+_LOGGED_VALUE = r"[-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|nan|inf)"
+_MARKER = "\0"
+
+
+class _Marker:
+    def __format__(self, spec: str) -> str:
+        return _MARKER
+
+
+class _EveryValue(dict):
+    """The metrics a checkpoint's name is filled in from, holding every name, each written as
+    :data:`_MARKER` whatever its format: where the template puts values."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __getitem__(self, key: str) -> _Marker:
+        return _Marker()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Callable
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 import rich.syntax
 import rich.tree
@@ -22,14 +23,15 @@ from avsac_lit.resume import RunStopped, exit_stopped
 log = logging.getLogger(__name__)
 
 
-def task_wrapper(task: Callable[[DictConfig], dict]) -> Callable[[DictConfig], dict]:
-    """Runs a task, logs a crash with its run directory, and always finishes a W&B run, so that
-    the next job of a multirun starts its own run instead of logging into this one."""
+def task_wrapper(task: Callable[..., dict]) -> Callable[..., dict]:
+    """Runs a task (``task(cfg, ...)``), logs a crash with its run directory, and always
+    finishes a W&B run, so that the next job of a multirun starts its own run instead of
+    logging into this one."""
 
     @functools.wraps(task)
-    def wrapped(cfg: DictConfig) -> dict:
+    def wrapped(cfg: DictConfig, *args: Any, **kwargs: Any) -> dict:
         try:
-            return task(cfg)
+            return task(cfg, *args, **kwargs)
         except RunStopped as stop:  # on purpose: one line, no traceback
             exit_stopped(stop)
             raise

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor
 
 import avsac_lit
+from avsac_lit.atomic import OutputExists, refuse_existing
 from avsac_lit.build import CONFIG_PATH, build_module
 from avsac_lit.checkpoint import quiet
 from avsac_lit.data.avsbench import read_class_names
@@ -245,8 +246,10 @@ def avss_class_names(cfg: DictConfig) -> list[str] | None:
 
 
 def convert(cfg: DictConfig) -> Path:
-    """Convert ``cfg.source`` into the checkpoint ``cfg.output``; returns its path."""
+    """Convert ``cfg.source`` into the checkpoint ``cfg.output``, a new file (an existing one is
+    refused: :class:`~avsac_lit.atomic.OutputExists`); returns its path."""
     source, output = Path(cfg.source).expanduser(), Path(cfg.output).expanduser()
+    refuse_existing(output, named="output=")
     official = read_official(source)
     backbone = backbone_of(official, str(source))
     if backbone != cfg.backbone.name:
@@ -298,7 +301,10 @@ def convert(cfg: DictConfig) -> Path:
         },
     }
     output.parent.mkdir(parents=True, exist_ok=True)
-    write_checkpoint(checkpoint, output)
+    try:
+        write_checkpoint(checkpoint, output, new=True)
+    except OutputExists:  # it appeared while converting
+        raise OutputExists(output, named="output=") from None
     log.info(
         "Converted %s (%s, %s, classes: %d; %d unused official keys dropped) into %s",
         source, task, backbone, classes, len(dropped), output,
@@ -313,7 +319,10 @@ def run(cfg: DictConfig) -> None:
             f"The converter reads AVSegFormer checkpoints, but setting= made the model "
             f"{cfg.model.name}. Leave setting= out."
         )
-    convert(cfg)
+    try:
+        convert(cfg)
+    except OutputExists as refused:
+        raise SystemExit(f"avsac_lit.convert: {refused}") from None
 
 
 def main() -> None:

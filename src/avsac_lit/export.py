@@ -1,4 +1,5 @@
 """A self-contained copy of a checkpoint, for sharing: ``python -m avsac_lit.export CKPT OUT``.
+``OUT`` must be a new file: an existing one is never replaced.
 
 A training checkpoint leaves out the frozen encoders its config rebuilds (the published weight
 files, timm's hub, or the fixed random init; see ``docs/training.md``), so it is small but needs
@@ -14,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from avsac_lit.atomic import refuse_existing
 from avsac_lit.checkpoint import (
     existing_checkpoint,
     module_with_encoders,
@@ -26,10 +28,12 @@ TRAINING_STATE = ("optimizer_states", "lr_schedulers", "loops", "callbacks")
 
 
 def export(ckpt_path: str | Path, output: str | Path, keep_training_state: bool = False) -> Path:
-    """Write ``ckpt_path`` with its encoders put back to ``output``; returns ``output``."""
+    """Write ``ckpt_path`` with its encoders put back to ``output``, a new file (an existing one
+    is refused: :class:`~avsac_lit.atomic.OutputExists`); returns ``output``."""
     ckpt_path, output = existing_checkpoint(ckpt_path), Path(output)
     if output.resolve() == ckpt_path.resolve():
         raise ValueError(f"Export {ckpt_path} to another file than itself.")
+    refuse_existing(output)
     checkpoint = read_checkpoint(ckpt_path)
     saved = checkpoint.get("avsac_lit") or {}
     if saved.get("rebuilt_encoders"):
@@ -43,7 +47,7 @@ def export(ckpt_path: str | Path, output: str | Path, keep_training_state: bool 
     if not keep_training_state:
         for key in TRAINING_STATE:
             checkpoint.pop(key, None)
-    write_checkpoint(checkpoint, output)
+    write_checkpoint(checkpoint, output, new=True)
     return output
 
 
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         written = export(args.checkpoint, args.output, args.keep_training_state)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"avsac_lit.export: {error}", file=sys.stderr)
         return 2
     size = written.stat().st_size / 2**20

@@ -123,11 +123,12 @@ def verify(checkpoint: dict, path: str | Path) -> None:
     )
 
 
-def write_checkpoint(checkpoint: dict, path: str | Path) -> None:
-    """Seal ``checkpoint`` and write it whole or not at all (temporary name, flushed, renamed)."""
+def write_checkpoint(checkpoint: dict, path: str | Path, *, new: bool = False) -> None:
+    """Seal ``checkpoint`` and write it whole or not at all (temporary name, flushed, renamed;
+    ``new=True``: never over an existing file, see :func:`~avsac_lit.atomic.atomic_path`)."""
     seal(checkpoint)
     size = sum(tensor.numel() * tensor.element_size() for _, tensor in tensors(checkpoint))
-    with atomic_path(path, size_hint=size) as partial:
+    with atomic_path(path, size_hint=size, new=new) as partial:
         # To a file object: torch then reports a full disk as an OSError, not a RuntimeError.
         with open(partial, "wb") as handle:
             torch.save(checkpoint, handle)

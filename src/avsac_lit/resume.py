@@ -1,11 +1,12 @@
 """Stopping and resuming a run: the whole story, in one file.
 
-**How a run is stopped.** Two signals stop a training run on purpose:
+**How a run is stopped.** Three signals stop a training run on purpose:
 
 * the *requeue signal* (``requeue_signal``, ``USR2`` by default): what SLURM sends
   ``hydra.launcher.signal_delay_s`` seconds before a job's time limit (``hydra/launcher=slurm``
   asks for exactly this signal), and what a preemption script sends (``scancel --signal=USR2``);
-* ``SIGTERM``: ``scancel``, ``scontrol requeue``, a node drain, ``kill``.
+* ``SIGTERM``: ``scancel``, ``scontrol requeue``, a node drain, ``kill``;
+* ``SIGINT``: Ctrl-C (a second Ctrl-C stops the run at once, without a checkpoint).
 
 Either way :class:`StopSignals` only notes the signal; the run goes on to the next point where
 its whole state can be saved as the uninterrupted run would have it (:class:`StopAndResume`,
@@ -23,12 +24,17 @@ Then, on the requeue signal under SLURM, the first process asks SLURM to requeue
 line that says what stopped the run and how to resume it (:class:`RunStopped`). Lightning's own
 handlers (its SLURM requeue on ``USR1``, which saves in the middle of a step, and its ``SIGTERM``
 exception, which exits with status 0) and submitit's (which requeues without a checkpoint) are
-replaced while the run lasts: one signal, one handler.
+replaced while the run lasts: one signal, one handler. The command's handler stays until its
+process exits: a signal that comes after the run has ended is logged, and the process ends as
+it was ending (with status 0 for a run that finished).
 
-**How a run resumes.** ``ckpt_path=...`` names the checkpoint. Without one, a run whose
-directory already holds ``checkpoints/last.ckpt`` continues from it (:func:`resume_point`): a
-requeued job (it runs in the same directory), or the same command again with the same
-``hydra.run.dir``. A directory whose run has finished (``metrics.json``) is never run again.
+**How a run resumes.** ``ckpt_path=...`` names the checkpoint a new run starts from. A run
+whose directory already holds its own ``checkpoints/last.ckpt`` continues from that, with
+``ckpt_path`` or without (:func:`resume_point`): a requeued job (it runs in the same directory),
+or the same command again with the same ``hydra.run.dir``, so a run started from another run's
+checkpoint never starts from it again over its own progress. A directory whose run has finished
+(``metrics.json``) is never run again, and one is held by its live run
+(:mod:`avsac_lit.rundir`): a second process there is refused.
 The continuation is exact because the checkpoint holds, besides the weights, optimiser,
 scheduler and loop counters that Lightning saves:
 
@@ -48,7 +54,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -58,9 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
-from hydra.types import RunMode
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -68,6 +71,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from avsac_lit.atomic import atomic_path
 from avsac_lit.checkpoint import checkpoint_config, read_checkpoint, training_identity
+from avsac_lit.rundir import (
+    RunDirectoryInUse,
+    hold_run_directory,
+    release_run_directory,
+    rerun_hint,
+    slurm_job_id,
+    this_command,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,23 +117,33 @@ def signal_number(name: str | int) -> signal.Signals:
 class StopSignals:
     """This process's handler for the signals that stop a run: it notes the first one (and
     passes it on to worker processes that Lightning started, which note it in turn). Installed
-    by :func:`train` for the whole run, and again by :class:`StopAndResume` each time a trainer
-    starts, over the handlers Lightning registers then.
+    for the whole run (by the command for the rest of its process, by :func:`train` otherwise),
+    and again by :class:`StopAndResume` each time a trainer starts, over the handlers Lightning
+    registers then.
+
+    ``SIGINT`` (Ctrl-C) stops a run as ``SIGTERM`` does; a second one stops it at once, without
+    a checkpoint. Once the run has ended (:attr:`ended`), a signal has nothing left to stop or
+    requeue: it is logged, and the process ends as it was ending (killed by the signal, a SLURM
+    job that had finished would be recorded as failed).
 
     Args:
         requeue_signal: the signal sent before a time limit or a preemption, on which a SLURM
             job requeues itself after its checkpoint.
+        run_dir: the run's directory, named by the line of a run stopped at once.
     """
 
-    def __init__(self, requeue_signal: str | int = "USR2") -> None:
+    def __init__(self, requeue_signal: str | int = "USR2", run_dir: str | Path = ".") -> None:
         self.requeue_signal = signal_number(requeue_signal)
+        self.run_dir = Path(run_dir)
         self.received: signal.Signals | None = None
+        self.interrupts = 0  # SIGINTs received
+        self.ended = False
         self.children: Any = None  # a Lightning launcher with worker processes, if any
         self._previous: dict[signal.Signals, Any] = {}
 
     @property
     def signals(self) -> tuple[signal.Signals, ...]:
-        return tuple(dict.fromkeys((self.requeue_signal, signal.SIGTERM)))
+        return tuple(dict.fromkeys((self.requeue_signal, signal.SIGTERM, signal.SIGINT)))
 
     def install(self) -> None:
         for signum in self.signals:
@@ -142,14 +163,38 @@ class StopSignals:
         self.uninstall()
 
     def handle(self, signum: int, frame: Any) -> None:
-        # A signal handler: note, never save or exit here (the step may be half done).
+        # A signal handler: note, never save or exit here (the step may be half done), but on
+        # a second Ctrl-C, which asks for exactly that.
+        received = signal.Signals(signum)
+        if received == signal.SIGINT:
+            self.interrupts += 1
+            if self.interrupts > 1:
+                raise self.stopped_at_once()
+        if self.ended:
+            log.warning("Received %s after the run had ended: nothing to stop or requeue; the "
+                        "process ends as it was ending.", received.name)  # fmt: skip
+            return
         if self.received is None:
-            self.received = signal.Signals(signum)
+            self.received = received
+            again = (" Press Ctrl-C again to stop at once, without a checkpoint."
+                     if received == signal.SIGINT else "")  # fmt: skip
             log.warning("Received %s: the run stops at the next point it can resume from "
-                        "exactly.", self.received.name)  # fmt: skip
+                        "exactly, and checkpoints there.%s", received.name, again)  # fmt: skip
         kill = getattr(self.children, "kill", None)
-        if kill is not None:
+        # A terminal's Ctrl-C reaches every process of the run itself: passed on, it would
+        # reach the workers twice, and stop them at once.
+        if kill is not None and received != signal.SIGINT:
             kill(signum)
+
+    def stopped_at_once(self) -> RunStopped:
+        """What a second Ctrl-C raises: the run stops where it stands, its line says how to
+        resume from the last checkpoint."""
+        if self.ended:
+            message = "Stopped at once by a second SIGINT; the run had ended, its results written."
+        else:
+            where = "at once on a second Ctrl-C, without a new checkpoint"
+            message = stop_message(signal.SIGINT, where, self.run_dir, requeued=False)
+        return RunStopped(message, signal.SIGINT)
 
     def __getstate__(self) -> dict:
         # Sent to worker processes (ddp_spawn) with the callbacks: handlers stay in this one.
@@ -265,16 +310,6 @@ def requeue_slurm_job(trainer: L.Trainer) -> bool:
     return True
 
 
-def slurm_job_id() -> str | None:
-    """The job to requeue (an array task as ARRAY_TASK), or None outside a SLURM batch job."""
-    if "SLURM_JOB_ID" not in os.environ:
-        return None
-    array = os.environ.get("SLURM_ARRAY_JOB_ID")
-    if array is not None:
-        return f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    return os.environ["SLURM_JOB_ID"]
-
-
 def stop_message(received: signal.Signals, where: str, run_dir: str | Path, requeued: bool) -> str:
     """The one line a stopped run leaves."""
     run_dir = Path(run_dir)
@@ -288,16 +323,6 @@ def stop_message(received: signal.Signals, where: str, run_dir: str | Path, requ
     else:
         resume = f"to resume, {resume}"
     return f"Stopped by {received.name} {where}; {resume}."
-
-
-def rerun_hint(run_dir: Path) -> str:
-    """How to run a stopped run again in its directory: a multirun's job by submitting the
-    multirun again into its sweep directory (its finished jobs are kept as they are)."""
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        sweep = HydraConfig.get().sweep.dir
-        return (f"run the same multirun with hydra.sweep.dir={sweep} (its finished jobs keep "
-                "their results)")  # fmt: skip
-    return f"run the same command with hydra.run.dir={run_dir}"
 
 
 def stopped_worker(error: BaseException) -> signal.Signals | None:
@@ -320,29 +345,53 @@ def exit_stopped(stop: RunStopped) -> None:
 
 # --- Resuming -------------------------------------------------------------------------------
 
-# What an earlier run leaves in its directory (Hydra's record, the resolved config, results).
+# What an earlier run leaves in its directory (Hydra's record, the resolved config, results,
+# a checkpoints/ that is not empty: one made, or linked to other storage, before a run is not).
 RUN_FILES = (".hydra/overrides.yaml", "config.yaml", "metrics.json", "checkpoints")
 
 
 class KeepEarlierRuns(HydraCallback):
     """Refuses, before Hydra writes anything, a command whose run directory (``hydra.run.dir``)
-    or sweep directory (``hydra.sweep.dir``) holds an earlier run of another command, whose
-    config, logs and metrics it would overwrite. The same training command again is allowed: it
-    continues that run (:func:`resume_point`), as a requeued SLURM job does.
+    is held by another live process (:mod:`avsac_lit.rundir`), or whose run or sweep directory
+    (``hydra.sweep.dir``) holds an earlier run of another command, whose config, logs and
+    metrics it would overwrite. The same training command again is allowed: it continues that
+    run (:func:`resume_point`), as a requeued SLURM job does. The run's directory (each job's,
+    in a multirun) is held from then on, until the process exits or the job ends.
 
     Hydra turns a callback's exceptions into warnings and goes on, so a refusal is a SystemExit
     (status 1, its message on standard error)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        run_dir = Path(config.hydra.run.dir)
+        try:
+            # Held first: two identical commands started together both find it empty.
+            taken = hold_run_directory(run_dir, this_command(), log_now=False)
+        except RunDirectoryInUse as refused:
+            raise SystemExit(f"Refused: {refused}") from None
         try:
             check_run_directory(
-                Path(config.hydra.run.dir),
+                run_dir,
                 list(config.hydra.overrides.task),
                 resumes=bool(config.get("train")),
                 command=f"python -m avsac_lit.{config.hydra.job.name}",
             )
         except FileExistsError as refused:
+            if taken:
+                release_run_directory(run_dir)
             raise SystemExit(f"Refused: {refused}") from None
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # A multirun's job holds its own directory (once Hydra has written its record there);
+        # a single run's is held already, and the line on a holder taken over is logged now.
+        overrides = " ".join(config.hydra.overrides.task)
+        command = f"python -m avsac_lit.{config.hydra.job.name} {overrides}".strip()
+        try:
+            hold_run_directory(config.hydra.runtime.output_dir, command)
+        except RunDirectoryInUse as refused:
+            raise SystemExit(f"Refused: {refused}") from None
+
+    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+        release_run_directory(config.hydra.runtime.output_dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -371,7 +420,10 @@ def check_sweep_directory(config: DictConfig) -> None:
 
 
 def earlier_run(run_dir: Path) -> bool:
-    return any((run_dir / name).exists() for name in RUN_FILES)
+    return any(
+        path.exists() and not (path.is_dir() and not any(path.iterdir()))
+        for path in (run_dir / name for name in RUN_FILES)
+    )
 
 
 def check_run_directory(run_dir: Path, overrides: list[str], resumes: bool, command: str) -> None:
@@ -436,7 +488,7 @@ def save_fit_metrics(run_dir: str | Path, metrics: dict[str, float], global_step
 def saved_fit_metrics(ckpt_path: str | Path) -> dict[str, float]:
     """The training metrics saved beside ``ckpt_path``'s run when it stopped while testing, if
     that checkpoint is the one training ended with."""
-    path = Path(ckpt_path).resolve().parent.parent / FIT_METRICS
+    path = Path(ckpt_path).absolute().parent.parent / FIT_METRICS
     if not path.is_file():
         return {}
     record = json.loads(path.read_text())
@@ -445,29 +497,39 @@ def saved_fit_metrics(ckpt_path: str | Path) -> dict[str, float]:
 
 
 def resume_point(cfg: DictConfig) -> ResumePoint:
-    """The checkpoint a training run continues from: ``ckpt_path``, else the run directory's own
-    ``last.ckpt`` (a requeued job, or the same command with the same run directory). Refuses a
-    directory whose run has finished, and a checkpoint of another kind of run."""
+    """The checkpoint a training run continues from: the run directory's own ``last.ckpt`` if
+    it holds one (a requeued job, or the same command with the same run directory: a run
+    started from ``ckpt_path=A`` continues from its own checkpoint, not from A again), else
+    ``ckpt_path``. Refuses a directory whose run has finished, and a checkpoint of another kind
+    of run."""
     if not cfg.get("train"):
         return ResumePoint()
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is None:
-        own = output_dir / "checkpoints" / LAST
-        if not own.is_file():
-            return ResumePoint()
+    own = output_dir / "checkpoints" / LAST
+    if own.is_file() and not same_file(own, ckpt_path):
         if (output_dir / "metrics.json").is_file():
             raise RunFinished(
                 f"{output_dir} holds a finished run (metrics.json): its results stay as they are. "
                 "Choose another hydra.run.dir, or pass ckpt_path=... to train on from its "
                 "checkpoint into a new directory."
             )
+        started = "" if ckpt_path is None else f", which started from ckpt_path={ckpt_path}"
+        log.info("%s already holds %s: continuing that run%s (requeued, or the same command "
+                 "again).", output_dir, own.relative_to(output_dir), started)  # fmt: skip
         ckpt_path = str(own)
-        log.info("%s already holds %s: continuing that run (requeued, or the same command "
-                 "again).", output_dir, own.relative_to(output_dir))  # fmt: skip
+    elif ckpt_path is None:
+        return ResumePoint()
     check_resumable(cfg, ckpt_path)
     log.info("Resuming from %s", ckpt_path)
     return ResumePoint(str(ckpt_path), csv_history(ckpt_path), saved_fit_metrics(ckpt_path))
+
+
+def same_file(path: Path, other: str | Path | None) -> bool:
+    try:
+        return other is not None and path.samefile(other)
+    except OSError:  # ``other`` is not there: refused by check_resumable
+        return False
 
 
 def check_resumable(cfg: DictConfig, ckpt_path: str | Path) -> None:
@@ -496,7 +558,8 @@ def csv_history(ckpt_path: str | Path) -> list[dict[str, float]]:
     when the run resumes in its own directory). Rows of later epochs are left out: the resumed
     run trains them again. A run stopped on a signal logs nothing after its checkpoint."""
     ckpt_path = Path(ckpt_path)
-    table = ckpt_path.resolve().parent.parent / "csv" / "metrics.csv"
+    # Not resolved: checkpoints/ may be a link to other storage, its run's csv/ is not there.
+    table = ckpt_path.absolute().parent.parent / "csv" / "metrics.csv"
     if not table.is_file():
         return []
     checkpoint = read_checkpoint(ckpt_path, mmap=True)

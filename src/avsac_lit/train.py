@@ -18,11 +18,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from avsac_lit.build import CONFIG_PATH, build_run
@@ -42,48 +42,63 @@ from avsac_lit.resume import (
     stopped_worker,
 )
 from avsac_lit.run_record import Stopwatch, process_facts, run_facts, scalar_metrics, write_metrics
+from avsac_lit.rundir import in_a_multirun, run_directory_held, this_command
 
 log = logging.getLogger(__name__)
 
 
 @task_wrapper
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig, signals: StopSignals | None = None) -> dict[str, float]:
     """Fit (``train``), then test the best checkpoint (``test``) under each ``test_audio``
-    condition. Returns the final metrics, also written to ``metrics.json``."""
+    condition. Returns the final metrics, also written to ``metrics.json``.
+
+    The run directory is held by this process meanwhile (the command holds it already), and stop
+    signals are noted and acted on where the run resumes exactly: by ``signals``, the command's
+    handler, or else by one installed for the run."""
+    with ExitStack() as stack:
+        stack.enter_context(run_directory_held(cfg.paths.output_dir, this_command()))
+        if signals is None:
+            run_dir = cfg.paths.output_dir
+            signals = stack.enter_context(StopSignals(cfg.get("requeue_signal", "USR2"), run_dir))
+        return train_with(cfg, signals)
+
+
+def train_with(cfg: DictConfig, signals: StopSignals) -> dict[str, float]:
+    """:func:`train`'s run, in its held directory, with ``signals`` installed."""
     clock = Stopwatch()
     if cfg.get("gpus") and in_a_multirun():  # before anything touches CUDA
         claim_gpu(Path(HydraConfig.get().sweep.dir) / ".gpus", int(cfg.gpus))
     use_allocated_cpus()
     facts = run_facts(cfg)  # before the run: the code version is the one that runs
     conditions = audio_conditions(cfg)
-    # Stop signals are noted from here on, and acted on where the run resumes exactly.
-    with StopSignals(cfg.get("requeue_signal", "USR2")) as signals:
-        try:
-            start = resume_point(cfg)
-        except RunFinished:
-            if not in_a_multirun():
-                raise
-            # A multirun submitted again into its sweep directory: this job had finished.
-            output = Path(cfg.paths.output_dir)
-            log.info("%s holds this job's finished run: its results are kept.", output)
-            return json.loads((output / "metrics.json").read_text())["metrics"]
-        datamodule, module, trainer = build_run(
-            cfg, callbacks=cfg.get("callbacks"), extra_callbacks=[StopAndResume(signals)]
-        )
-        signals.children = trainer.strategy.launcher  # ddp_spawn's workers hear them too
-        carry_csv_history(trainer, start.history)
-        try:
-            metrics, best = fit_and_test(cfg, trainer, module, datamodule, conditions, start)
-        except RunStopped:
+    try:
+        start = resume_point(cfg)
+    except RunFinished:
+        if not in_a_multirun():
             raise
-        except BaseException as error:
-            # Worker processes (ddp_spawn) that stopped on a signal end the main one here.
-            received = signals.received or stopped_worker(error)
-            if received is None:
-                raise
-            where = "in the training processes"
-            message = stop_message(received, where, cfg.paths.output_dir, requeued=False)
-            raise RunStopped(message, received) from error
+        # A multirun submitted again into its sweep directory: this job had finished.
+        output = Path(cfg.paths.output_dir)
+        log.info("%s holds this job's finished run: its results are kept.", output)
+        signals.ended = True
+        return json.loads((output / "metrics.json").read_text())["metrics"]
+    datamodule, module, trainer = build_run(
+        cfg, callbacks=cfg.get("callbacks"), extra_callbacks=[StopAndResume(signals)]
+    )
+    signals.children = trainer.strategy.launcher  # ddp_spawn's workers hear them too
+    carry_csv_history(trainer, start.history)
+    try:
+        metrics, best = fit_and_test(cfg, trainer, module, datamodule, conditions, start)
+    except RunStopped:
+        raise
+    except BaseException as error:
+        # Worker processes (ddp_spawn) that stopped on a signal end the main one here.
+        received = signals.received or stopped_worker(error)
+        if received is None:
+            raise
+        where = "in the training processes"
+        message = stop_message(received, where, cfg.paths.output_dir, requeued=False)
+        raise RunStopped(message, received) from error
+    signals.ended = True  # a signal from now on has nothing to stop
 
     # Logged by the module, so that it also reaches ddp_spawn's main process, whose fit loop
     # never ran an epoch.
@@ -124,10 +139,6 @@ def fit_and_test(cfg, trainer, module, datamodule, conditions, start) -> tuple[d
     return metrics, best
 
 
-def in_a_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def check_experiment_argument(arguments: list[str]) -> None:
     """A table's recipe puts the experiment in the defaults list, so a run of a table picks
     another with ``experiment=NAME``; ``+experiment=`` would only fail in Hydra's words."""
@@ -142,8 +153,12 @@ def check_experiment_argument(arguments: list[str]) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def run(cfg: DictConfig) -> float | None:
+    # The stop signals' handler, for the rest of this process: a signal that comes as the
+    # process ends, after the run, is noted too instead of killing it.
+    signals = StopSignals(cfg.get("requeue_signal", "USR2"), cfg.paths.output_dir)
+    signals.install()
     apply_extras(cfg)
-    metrics = train(cfg)
+    metrics = train(cfg, signals)
     name = cfg.get("optimized_metric")
     if name and name not in metrics:
         log.warning("optimized_metric=%s was not logged; logged: %s", name, ", ".join(metrics))
