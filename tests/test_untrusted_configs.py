@@ -22,6 +22,7 @@ from avsac_lit.export import export
 from avsac_lit.integrity import write_checkpoint
 from avsac_lit.module import CheckpointMismatchError
 from avsac_lit.predict import predict
+from avsac_lit.resume import check_resumable
 from avsac_lit.train import train
 from tests.helpers import eval_run, tiny_run
 
@@ -93,9 +94,10 @@ def test_a_checkpoint_whose_config_names_other_code_is_refused_before_anything_i
         predict(handed, tmp_path / "clip.mp4", tmp_path / "predicted")
     with pytest.raises(UntrustedConfigError, match=refused):
         export(handed, tmp_path / "exported.ckpt")
+    # A resume builds from its own command line and only compares the checkpoint's config.
     resumed = tiny_run("ms3", trained_runs.parent / "data", tmp_path / "resume",
                        [f"ckpt_path={handed}"])  # fmt: skip
-    with pytest.raises(UntrustedConfigError, match=refused):
+    with pytest.raises(ValueError, match=r"written by another kind of run .*model\.net"):
         train(resumed)
     assert not marker.exists()
     assert not (tmp_path / "eval" / "metrics.json").exists()
@@ -257,3 +259,21 @@ def test_a_mismatch_says_what_the_checkpoint_records_of_its_version(last_ckpt, t
     with pytest.raises(CheckpointMismatchError, match=r"It was written by this version .*, so "
                        r"its weights and its config do not belong together"):  # fmt: skip
         load_trained(changed)
+
+
+def test_a_run_of_a_users_own_class_resumes_from_its_checkpoint(trained_runs, last_ckpt, tmp_path):
+    """A class of the user's, named on their own command line (``model.scheduler._target_=
+    mylab.Warmup``), is recorded in the run's checkpoints; resuming compares that config with the
+    run's own and builds nothing from it, so a requeued job goes on (eval and predict, which
+    would build it, refuse it)."""
+    own = "mylab.schedulers.Warmup"
+
+    def of_the_users_class(checkpoint: dict) -> None:
+        checkpoint["avsac_lit"]["config"]["model"]["scheduler"]["_target_"] = own
+
+    handed = sealed_copy(last_ckpt, tmp_path / "run" / "checkpoints" / "last.ckpt",
+                         of_the_users_class)  # fmt: skip
+    cfg = OmegaConf.create(read_checkpoint(handed)["avsac_lit"]["config"])
+    check_resumable(cfg, handed)  # no refusal: nothing is built from the checkpoint's config
+    with pytest.raises(UntrustedConfigError, match=re.escape(f"_target_='{own}'")):
+        load_trained(handed)

@@ -225,16 +225,21 @@ def read_checkpoint(ckpt_path: Path, mmap: bool = False) -> dict:
     return checkpoint
 
 
-def checkpoint_config(ckpt_path: str | Path, config: str | Path | None = None) -> DictConfig:
+def checkpoint_config(
+    ckpt_path: str | Path, config: str | Path | None = None, *, to_build: bool = True
+) -> DictConfig:
     """The config of the run that wrote ``ckpt_path`` (see :func:`run_config`), read without
-    loading the weights (the file is memory-mapped)."""
+    loading the weights (the file is memory-mapped). ``to_build=False``: only read, never built
+    (a resume compares it with the run's own config), so its targets are not checked."""
     ckpt_path = existing_checkpoint(ckpt_path)
     checkpoint = read_checkpoint(ckpt_path, mmap=True)
     saved = (checkpoint.get("avsac_lit") or {}) if isinstance(checkpoint, dict) else {}
-    return run_config(ckpt_path, saved.get("config"), config)
+    return run_config(ckpt_path, saved.get("config"), config, to_build=to_build)
 
 
-def run_config(ckpt_path: Path, saved: dict | None, explicit: str | Path | None) -> DictConfig:
+def run_config(
+    ckpt_path: Path, saved: dict | None, explicit: str | Path | None, *, to_build: bool = True
+) -> DictConfig:
     """The run's config: ``explicit``, else the one saved in the checkpoint, else the run
     directory's ``config.yaml``. The advice for a checkpoint without one, ``config=``, is what
     ``avsac_lit.eval`` and ``avsac_lit.predict`` take (and :func:`load_trained`, ``config``).
@@ -247,10 +252,10 @@ def run_config(ckpt_path: Path, saved: dict | None, explicit: str | Path | None)
                 f"config={path} does not exist. Pass the config.yaml of the run that wrote "
                 f"{ckpt_path}: config=logs/train/runs/<time>/config.yaml."
             )
-        return upgraded(trusted_config(OmegaConf.load(path), f"config={path}"))
+        return upgraded(trusted_config(OmegaConf.load(path), f"config={path}", to_build))
     if saved is not None:
         return upgraded(
-            trusted_config(OmegaConf.create(saved), f"the config stored in {ckpt_path}")
+            trusted_config(OmegaConf.create(saved), f"the config stored in {ckpt_path}", to_build)
         )
     path = ckpt_path.resolve().parent.parent / "config.yaml"
     if not path.is_file():
@@ -259,7 +264,7 @@ def run_config(ckpt_path: Path, saved: dict | None, explicit: str | Path | None)
             "run that wrote the checkpoint: config=logs/train/runs/<time>/config.yaml."
         )
     source = f"{path} (the run's config, read for {ckpt_path}, which carries none)"
-    return upgraded(trusted_config(OmegaConf.load(path), source))
+    return upgraded(trusted_config(OmegaConf.load(path), source, to_build))
 
 
 class UntrustedConfigError(ValueError):
@@ -328,14 +333,19 @@ def model_names() -> list[str]:
     return sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml"))
 
 
-def trusted_config(loaded: DictConfig, source: str) -> DictConfig:
+def trusted_config(loaded: DictConfig, source: str, to_build: bool = True) -> DictConfig:
     """``loaded``, a run config read from ``source``, resolved, once nothing in it would run code
     the suite does not: Hydra calls whatever a ``_target_`` names when the model is built (a
     checkpoint loaded with ``weights_only=True`` still carries its config), so every one must be
     :func:`buildable` (but in the nodes no command builds, :data:`NEVER_BUILT`). It is checked
     resolved (a resolver such as ``oc.create`` makes nodes) and
     returned resolved, so what is checked is what is built. A config of version 0.1's layout
-    also names the model config :func:`upgraded` reads: it must be one the package ships."""
+    also names the model config :func:`upgraded` reads: it must be one the package ships.
+
+    ``to_build=False``: the config is only read, never built (a resume compares it with the
+    run's own, which its command line builds), so its targets are left unchecked: a run trained
+    with a class of the user's (``model.net._target_=mylab.Net``) resumes from its own
+    checkpoints."""
     try:
         tree = OmegaConf.to_container(loaded, resolve=True)
     except OmegaConfBaseException as error:
@@ -350,7 +360,11 @@ def trusted_config(loaded: DictConfig, source: str) -> DictConfig:
             "config.yaml of the run that wrote the checkpoint."
         )
     built = {key: node for key, node in tree.items() if key not in NEVER_BUILT}
-    refused = [(key, target) for key, target in targets(built) if not buildable(target)]
+    refused = (
+        [(key, target) for key, target in targets(built) if not buildable(target)]
+        if to_build
+        else []
+    )
     if refused:
         named = "; ".join(
             f"{key + '.' if key else ''}_target_={target!r}" for key, target in refused[:3]

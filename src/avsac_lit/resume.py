@@ -536,7 +536,7 @@ def check_resumable(cfg: DictConfig, ckpt_path: str | Path) -> None:
     """Resuming continues the same training: the checkpoint must be of this run's task and
     model. A checkpoint of another task (S4 weights resumed on MS3) would otherwise continue
     silently on the wrong data, and one of another model size fail in a wall of shape errors."""
-    saved = checkpoint_config(ckpt_path)
+    saved = checkpoint_config(ckpt_path, to_build=False)  # the run builds from its own config
     wanted, found = training_identity(cfg), training_identity(saved)
     differences = [
         f"{key}: {found.get(key)!r} in the checkpoint, {value!r} in this run"
