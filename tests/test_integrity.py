@@ -342,7 +342,11 @@ def test_a_damaged_entry_of_a_read_only_cache_is_named_and_computed_once_in_memo
             torch.testing.assert_close(level_again, level_clean, rtol=1e-4, atol=1e-5)
     assert (shared.hits, shared.misses) == (2 * 12 - 1, 1)  # computed once, then from memory
     assert shared.bound  # the other entries are still read
-    (warning,) = [r.getMessage() for r in caplog.records if "cache" in r.getMessage()]
+    (warning,) = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and "cache" in r.getMessage()
+    ]
     damaged = read_only_dir / "cache" / entry.relative_to(owners_view)
     assert warning.startswith(f"Feature cache entry {damaged} is damaged: its checksum")
     assert "It cannot be deleted there (Read-only file system)" in warning
@@ -362,7 +366,11 @@ def test_a_damaged_entry_of_a_read_only_log_mel_cache_is_named_and_computed_once
     caplog.set_level(logging.WARNING, logger="avsac_lit.data.logmel")
     for _ in range(2):
         assert torch.equal(shared.load(wav), wav_to_examples(wav))
-    (warning,) = [r.getMessage() for r in caplog.records if "cache" in r.getMessage()]
+    (warning,) = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and "cache" in r.getMessage()
+    ]
     assert warning.startswith(f"Log-mel cache entry {shared.path_for(wav)} is damaged: its "
                               "checksum does not match")  # fmt: skip
     assert "It cannot be deleted there (Read-only file system)" in warning
