@@ -10,7 +10,7 @@ The Python API for notebooks and scripts::
 :func:`compose_config` composes the suite's configs as the command line would.
 """
 
-__version__ = "0.7.1"
+__version__ = "0.8.0"
 
 from avsac_lit.build import compose_config
 from avsac_lit.checkpoint import TrainedModel, load_trained

@@ -41,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from avsac_lit.atomic import atomic_path
 from avsac_lit.build import CONFIG_PATH
+from avsac_lit.cli import refusals_in_one_line
 from avsac_lit.module import AVSLitModule
 
 log = logging.getLogger(__name__)
@@ -377,6 +378,7 @@ def print_table(results: dict) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="bench")
+@refusals_in_one_line("avsac_lit.bench")
 def main(cfg: DictConfig) -> None:
     compared = None
     if cfg.bench.compare:

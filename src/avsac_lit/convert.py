@@ -35,6 +35,7 @@ import avsac_lit
 from avsac_lit.atomic import OutputExists, refuse_existing
 from avsac_lit.build import CONFIG_PATH, build_module
 from avsac_lit.checkpoint import quiet
+from avsac_lit.cli import refusals_in_one_line
 from avsac_lit.data.avsbench import read_class_names
 from avsac_lit.integrity import write_checkpoint
 from avsac_lit.models.weights import load_checkpoint_file
@@ -313,16 +314,14 @@ def convert(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="convert")
+@refusals_in_one_line("avsac_lit.convert")
 def run(cfg: DictConfig) -> None:
     if cfg.model.name != "avsegformer":
         raise ConversionError(
             f"The converter reads AVSegFormer checkpoints, but setting= made the model "
             f"{cfg.model.name}. Leave setting= out."
         )
-    try:
-        convert(cfg)
-    except OutputExists as refused:
-        raise SystemExit(f"avsac_lit.convert: {refused}") from None
+    convert(cfg)
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from avsac_lit.checkpoint import (
     rebuilt_encoders,
     without_weight_files,
 )
-from avsac_lit.cli import apply_extras, task_wrapper
+from avsac_lit.cli import apply_extras, refusals_in_one_line, task_wrapper
 from avsac_lit.convert import BACKBONE_MARKERS
 from avsac_lit.counterfactual import audio_conditions, report_listening, test_conditions
 from avsac_lit.run_record import Stopwatch, run_facts, write_metrics
@@ -164,6 +164,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
+@refusals_in_one_line("avsac_lit.eval")
 def run(cfg: DictConfig) -> None:
     apply_extras(cfg)
     evaluate(cfg)

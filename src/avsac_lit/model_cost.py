@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from avsac_lit.build import CONFIG_PATH
+from avsac_lit.cli import refusals_in_one_line
 from avsac_lit.models.counting import parameter_counts
 
 TASK_SHAPES = {"s4": (1, 5), "ms3": (1, 5), "avss": (71, 10)}  # (classes, frames per clip)
@@ -50,6 +51,7 @@ def forward_cost(model: nn.Module, frames: int, img_size: int) -> tuple[int, flo
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="model_cost")
+@refusals_in_one_line("avsac_lit.model_cost")
 def main(cfg: DictConfig) -> None:
     if cfg.task not in TASK_SHAPES:
         raise ValueError(f"task={cfg.task}; expected one of {', '.join(TASK_SHAPES)}.")

@@ -58,6 +58,7 @@ from PIL import Image
 from avsac_lit.atomic import PARTIAL_SUFFIX, atomic_path, disk_write_error
 from avsac_lit.build import CONFIG_PATH, refuse_overrides
 from avsac_lit.checkpoint import TrainedModel, load_trained
+from avsac_lit.cli import refusals_in_one_line
 from avsac_lit.data.audio import SAMPLE_RATE, waveform_to_examples
 from avsac_lit.integrity import leaves
 from avsac_lit.viz import mask_palette, overlay, predicted_masks
@@ -598,6 +599,7 @@ SETTINGS = ("ckpt_path", "input", "output", "config", "task", "threshold", "devi
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
+@refusals_in_one_line("avsac_lit.predict")
 def run(cfg: DictConfig) -> None:
     device = cfg.device
     if device == "auto":

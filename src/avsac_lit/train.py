@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from avsac_lit.build import CONFIG_PATH, build_run
-from avsac_lit.cli import apply_extras, task_wrapper
+from avsac_lit.cli import apply_extras, refusals_in_one_line, task_wrapper
 from avsac_lit.counterfactual import audio_conditions, report_listening, test_conditions
 from avsac_lit.devices import claim_gpu, use_allocated_cpus
 from avsac_lit.resume import (
@@ -152,6 +152,7 @@ def check_experiment_argument(arguments: list[str]) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+@refusals_in_one_line("avsac_lit.train")
 def run(cfg: DictConfig) -> float | None:
     # The stop signals' handler, for the rest of this process: a signal that comes as the
     # process ends, after the run, is noted too instead of killing it.
