@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
 import avsac_lit
-from avsac_lit.build import compose_config
+from avsac_lit.run.assemble import compose_config
 
 # The package's configs: the tests compose what the installed package ships.
 CONF = Path(avsac_lit.__file__).resolve().parent / "conf"

@@ -11,11 +11,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from avsac_lit.build import build_module
 from avsac_lit.data import build_dataset
 from avsac_lit.data.io import load_log_mel_pickle, save_log_mel_pickle
 from avsac_lit.models.losses import AVSCriterion
-from avsac_lit.module import NonFiniteError
+from avsac_lit.run.assemble import build_module
+from avsac_lit.system.module import NonFiniteError
 from avsac_lit.train import train
 from tests.helpers import tiny_run
 

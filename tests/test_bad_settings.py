@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from avsac_lit.build import build_run
 from avsac_lit.data import DatasetLayoutError
 from avsac_lit.eval import evaluate
 from avsac_lit.eval import main as eval_main
+from avsac_lit.run.assemble import build_run
 from avsac_lit.train import train
 from tests.helpers import eval_run, tiny_run
 

@@ -6,7 +6,7 @@ import json
 import sys
 
 from avsac_lit.bench import PARTS, run
-from avsac_lit.build import compose_config
+from avsac_lit.run.assemble import compose_config
 from tests import commands
 from tests.helpers import TINY_RUN
 

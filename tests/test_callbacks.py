@@ -13,10 +13,10 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from avsac_lit.callbacks import ResumableCheckpoint, UnfreezeBackbone, ValidationOverlays
 from avsac_lit.models.backbone import VisualBackbone
+from avsac_lit.run.callbacks import ResumableCheckpoint, UnfreezeBackbone, ValidationOverlays
 from avsac_lit.train import train
-from avsac_lit.viz import clip_figure, mask_palette, overlay, predicted_masks
+from avsac_lit.viz.draw import clip_figure, mask_palette, overlay, predicted_masks
 from tests.helpers import tiny_run
 
 
@@ -157,7 +157,7 @@ def test_avss_grid_names_the_classes_it_shows_and_leaves_out_padding_frames():
 
 
 def test_a_resume_into_a_new_directory_carries_the_best_checkpoint(tmp_path):
-    from avsac_lit.callbacks import ResumableCheckpoint
+    from avsac_lit.run.callbacks import ResumableCheckpoint
 
     old = tmp_path / "crashed" / "checkpoints"
     old.mkdir(parents=True)
@@ -194,7 +194,7 @@ def test_a_checkpoint_write_that_fails_leaves_the_previous_file_and_no_temp_file
 ):
     import tempfile
 
-    from avsac_lit.callbacks import AtomicCheckpointIO
+    from avsac_lit.checkpoints.writer import AtomicCheckpointIO
 
     system_temp = tmp_path / "system_temp"
     system_temp.mkdir()
@@ -223,7 +223,7 @@ def test_leftovers_of_interrupted_writes_are_removed(tmp_path):
     import os
     import time
 
-    from avsac_lit.atomic import remove_leftovers
+    from avsac_lit.storage.atomic import remove_leftovers
 
     old, fresh, kept = (tmp_path / n for n in ("a.ckpt.partial", "b.pt.partial", "c.ckpt"))
     for path in (old, fresh, kept):

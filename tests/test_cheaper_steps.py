@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from avsac_lit.feature_cache import EncoderFeatureCache
 from avsac_lit.models.avsac import AVSAC
 from avsac_lit.models.avsegformer import AVSegFormer
 from avsac_lit.models.backbone import VisualBackbone
 from avsac_lit.models.losses import AVSCriterion
 from avsac_lit.models.vggish import AudioEncoder
-from avsac_lit.module import AVSLitModule
+from avsac_lit.system.feature_cache import EncoderFeatureCache
+from avsac_lit.system.module import AVSLitModule
 from avsac_lit.train import train
 from tests.helpers import tiny_run
 

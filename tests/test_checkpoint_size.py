@@ -9,9 +9,9 @@ import shutil
 import pytest
 import torch
 
-from avsac_lit.checkpoint import load_trained
 from avsac_lit.export import export
 from avsac_lit.export import main as export_main
+from avsac_lit.inference.trained import load_trained
 from avsac_lit.models.vggish import VGGish
 from avsac_lit.train import train
 from tests.helpers import tiny_run

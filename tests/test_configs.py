@@ -8,9 +8,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from avsac_lit.build import compose_config
 from avsac_lit.data import AVSDataModule
 from avsac_lit.data.logmel import LogMelCache, default_cache_dir
+from avsac_lit.run.assemble import compose_config
 from tests.helpers import CONF
 
 

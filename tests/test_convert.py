@@ -24,16 +24,16 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 from PIL import Image
 
-from avsac_lit.checkpoint import load_trained
-from avsac_lit.convert import (
+from avsac_lit.checkpoints.official import (
     DROPPED,
     ConversionError,
-    convert,
     official_to_suite,
     read_official,
     rename,
 )
+from avsac_lit.convert import convert
 from avsac_lit.eval import evaluate
+from avsac_lit.inference.trained import load_trained
 from avsac_lit.predict import predict
 from tests import commands
 from tests.avsegformer_official import (

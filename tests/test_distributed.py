@@ -144,7 +144,7 @@ def test_ddp_on_two_processes_trains_and_scores_as_one_process(trained_runs, tmp
             "trainer.limit_train_batches=2", "data.eval_batch_size=1",
             "model.net.dropout=0.0", "~callbacks.overlays", "logger=csv",
             "test_audio=[matched,shuffled]", "trainer.precision=64-true",
-            "+callbacks.first_step._target_=avsac_lit.callbacks.FirstStepRecorder",
+            "+callbacks.first_step._target_=avsac_lit.run.callbacks.FirstStepRecorder",
             f"+callbacks.first_step.path={record}", "++data.synthetic={videos:20,seed:3,size:64}",
         ]  # fmt: skip
         metrics = train(tiny_run("ms3", data, tmp_path / name, extra))

@@ -18,16 +18,18 @@ import numpy as np
 import pytest
 import torch
 
-from avsac_lit import atomic
-from avsac_lit.atomic import DiskWriteError, atomic_path
-from avsac_lit.checkpoint import load_trained, read_checkpoint
+from avsac_lit.checkpoints.io import read_checkpoint
 from avsac_lit.data.audio import wav_to_examples
 from avsac_lit.data.logmel import LogMelCache
 from avsac_lit.eval import evaluate
-from avsac_lit.feature_cache import EncoderFeatureCache
-from avsac_lit.integrity import DamagedCheckpointError, seal, verify, write_checkpoint
-from avsac_lit.resume import check_resumable
-from avsac_lit.run_record import write_metrics
+from avsac_lit.inference.trained import load_trained
+from avsac_lit.run.assemble import note_run
+from avsac_lit.run.record import write_metrics
+from avsac_lit.run.resume import check_resumable
+from avsac_lit.storage import atomic
+from avsac_lit.storage.atomic import DiskWriteError, atomic_path
+from avsac_lit.storage.checksums import DamagedCheckpointError, seal, verify, write_checkpoint
+from avsac_lit.system.feature_cache import EncoderFeatureCache
 from avsac_lit.train import train
 from tests.helpers import compose_config, eval_run, tiny_run
 from tests.test_cheaper_steps import s4_train_batch, small_module
@@ -122,7 +124,7 @@ def test_damaged_cache_entries_are_logged_deleted_recomputed_and_rewritten(tmp_p
     cache.write(other_length.parent, other_length.stem, torch.zeros(7))
     audio_entries[0].write_bytes(b"")
 
-    caplog.set_level(logging.WARNING, logger="avsac_lit.feature_cache")
+    caplog.set_level(logging.WARNING, logger="avsac_lit.system.feature_cache")
     again = cache.outputs(module.net, frames, audio)
     # Recomputed in a batch of other frames than the first time: the same up to float rounding
     # (the CPU kernels round batches of other sizes differently; docs/design_log.md 0.6.0).
@@ -146,7 +148,7 @@ def test_a_run_with_damaged_cache_entries_ends_with_the_clean_runs_metrics(
 ):
     """A validation clip's entry with flipped bytes used to turn val/loss into null and change
     val/f; a training clip's stopped every rerun at the NaN guard."""
-    caplog.set_level(logging.WARNING, logger="avsac_lit.feature_cache")
+    caplog.set_level(logging.WARNING, logger="avsac_lit.system.feature_cache")
     monkeypatch.setenv("AVSAC_CACHE_DIR", str(tmp_path / "cache"))
     run = ["trainer.max_epochs=2", "backbone.freeze=true", "model.feature_cache.dtype=float32"]
     clean = train(tiny_run("ms3", synth_trees["ms3"], tmp_path / "clean", run))
@@ -298,7 +300,7 @@ def test_a_cache_on_a_full_or_read_only_disk_turns_itself_off_with_a_warning(
     """A bare OSError used to end the run."""
     batch = s4_train_batch(clips=2, frames=3, size=64)
     frames, audio = batch["frames"].flatten(0, 1), batch["audio"].flatten(0, 1)
-    caplog.set_level(logging.WARNING, logger="avsac_lit.feature_cache")
+    caplog.set_level(logging.WARNING, logger="avsac_lit.system.feature_cache")
     fill(small_disk, leave=16 * 1024)  # less than the 6 frames' entries
     for root, why in ((small_disk / "cache", "is full"), (read_only_dir, "read-only")):
         caplog.clear()
@@ -335,7 +337,7 @@ def test_a_damaged_entry_of_a_read_only_cache_is_named_and_computed_once_in_memo
     damaged_bytes = flip_byte(entry)
     shared = EncoderFeatureCache(root=read_only_dir / "cache", dtype="float32")
     shared.bind(module.net)
-    caplog.set_level(logging.WARNING, logger="avsac_lit.feature_cache")
+    caplog.set_level(logging.WARNING, logger="avsac_lit.system.feature_cache")
     for _ in range(2):
         again = shared.outputs(module.net, frames, audio)
         for level_clean, level_again in zip(clean["visual"], again["visual"], strict=True):
@@ -414,10 +416,10 @@ def test_the_full_disk_advice_names_the_setting_that_moves_the_run(tmp_path):
     last.parent.mkdir(parents=True)
     last.write_bytes(b"weights")
     advice = {}
-    atomic.note_run_directory(run)
     try:
         for name, extra in (("default", []), ("set", [f"hydra.run.dir={run}"])):
             compose_config("train", ["+experiment=synthetic_ms3", *extra], run)
+            note_run(run)  # as the run's assembly does
             advice[name] = str(DiskWriteError(errno.ENOSPC, last))
     finally:
         atomic.note_run_directory(None)

@@ -7,8 +7,8 @@ import multiprocessing
 import platform
 import sys
 
-from avsac_lit import devices
-from avsac_lit.devices import claim_gpu
+from avsac_lit.run.devices import claim_gpu
+from avsac_lit.system import memory
 from tests import commands
 from tests.helpers import TINY_RUN
 
@@ -64,6 +64,6 @@ def test_freed_memory_stays_in_the_process_unless_turned_off(monkeypatch):
     """glibc (this suite's CI): the setting takes, so that a step's large blocks are reused
     rather than returned and faulted in again; AVSAC_KEEP_FREED_MEMORY=0 leaves malloc alone."""
     monkeypatch.setenv("AVSAC_KEEP_FREED_MEMORY", "0")
-    assert devices.keep_freed_memory() is False
+    assert memory.keep_freed_memory() is False
     monkeypatch.delenv("AVSAC_KEEP_FREED_MEMORY")
-    assert devices.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+    assert memory.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")

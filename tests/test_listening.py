@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from avsac_lit.counterfactual import conditions_table, listening_table, metric_prefix
+from avsac_lit.analysis.listening import listening_table
 from avsac_lit.data import build_dataset
 from avsac_lit.data.audio import LOG_OFFSET
-from avsac_lit.data.conditions import AudioCondition, silent_example
+from avsac_lit.data.conditions import AudioCondition, metric_prefix, silent_example
+from avsac_lit.run.conditions import conditions_table
 
 
 def test_silent_example_is_the_log_offset_everywhere():

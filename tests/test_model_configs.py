@@ -8,10 +8,10 @@ import sys
 import pytest
 from hydra.utils import instantiate
 
-from avsac_lit.build import compose_config
 from avsac_lit.models.avsac import AVSAC
 from avsac_lit.models.avsegformer import AVSegFormer
 from avsac_lit.models.losses import AVSCriterion
+from avsac_lit.run.assemble import compose_config
 from tests import commands
 
 

@@ -13,7 +13,7 @@ from avsac_lit.models.avsac import AVSAC
 from avsac_lit.models.backbone import VisualBackbone
 from avsac_lit.models.losses import AVSCriterion
 from avsac_lit.models.vggish import AudioEncoder
-from avsac_lit.module import AVSLitModule
+from avsac_lit.system.module import AVSLitModule
 
 
 def small_module(

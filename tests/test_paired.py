@@ -1,5 +1,5 @@
-"""Paired differences over seeds and the verdict rules (avsac_lit.paired), against hand-computed
-cases."""
+"""Paired differences over seeds and the verdict rules (avsac_lit.analysis.paired), against
+hand-computed cases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from avsac_lit.paired import (
+from avsac_lit.analysis.paired import (
     CONTRADICTED,
     SUPPORTED,
     UNRESOLVED,

@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from avsac_lit.checkpoint import TrainedModel, load_trained
 from avsac_lit.data.audio import read_wav
 from avsac_lit.export import export
+from avsac_lit.inference.trained import TrainedModel, load_trained
 from avsac_lit.predict import (
     NonFiniteError,
     OutputInUseError,
@@ -31,7 +31,7 @@ from avsac_lit.predict import (
     windows,
     write_predictions,
 )
-from avsac_lit.viz import mask_palette, overlay
+from avsac_lit.viz.draw import mask_palette, overlay
 from tests import commands
 
 FPS = 8

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avsac_lit.build import compose_config
 from avsac_lit.data.synthetic import CATEGORIES
 from avsac_lit.models.backbone import TINY_PVT, VisualBackbone, tiny_pvt_weights
 from avsac_lit.models.weights import load_checkpoint_file
 from avsac_lit.pretrain import CategoryHead, category_frames, pixel_accuracy, pretrain, save
+from avsac_lit.run.assemble import compose_config
 
 
 def test_pretraining_writes_a_weights_file_the_backbone_loads(tmp_path):

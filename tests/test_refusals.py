@@ -13,9 +13,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from avsac_lit.atomic import megabytes
-from avsac_lit.build import check_number_settings
-from avsac_lit.cli import raised_on_purpose
+from avsac_lit.run.settings import check_number_settings
+from avsac_lit.run.wrapper import raised_on_purpose
+from avsac_lit.storage.atomic import megabytes
 from tests import commands
 
 IMG_SIZE_63 = (
@@ -37,7 +37,8 @@ def test_only_an_error_the_suite_raised_itself_counts_as_a_refusal():
     bad = OmegaConf.create({"data": {"img_size": 63}})
     assert raised_on_purpose(caught(lambda: check_number_settings(bad)))
     # Hydra wraps what a constructor raised; the suite's own raise inside is a refusal.
-    built = OmegaConf.create({"_target_": "avsac_lit.build.check_number_settings", "cfg": bad})
+    target = "avsac_lit.run.settings.check_number_settings"
+    built = OmegaConf.create({"_target_": target, "cfg": bad})
     assert raised_on_purpose(caught(lambda: instantiate(built, _convert_="none")))
     # Python's own error in the suite's code, and a library's, keep their tracebacks.
     assert not raised_on_purpose(caught(lambda: megabytes("a lot")))

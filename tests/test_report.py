@@ -16,7 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from avsac_lit.counterfactual import reference_scores
+from avsac_lit.data.manifest import reference_scores
 from avsac_lit.report import ReportError, main, report
 from tests import commands
 from tests.helpers import CONF, TINY_RUN, compose_config

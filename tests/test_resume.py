@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from avsac_lit.resume import RunStopped, StopSignals
+from avsac_lit.run.stop import RunStopped, StopSignals
 from avsac_lit.train import train
 from tests import commands
 from tests.helpers import TINY_RUN, tiny_run
@@ -239,18 +239,21 @@ def fine_tune(trained_runs, tmp_path_factory) -> FineTune:
     ]  # fmt: skip
     with pytest.raises(RunStopped):  # after the first batch of the fine-tune's epoch
         train(tiny_run("ms3", tree, run_dir, [*overrides, *signal_at(5)]))
-    resume_log = logging.getLogger("avsac_lit.resume")
+    # Where the run resumes from (the run), and where in the epoch (the training sampler).
+    logs = [logging.getLogger(f"avsac_lit.{name}") for name in ("run.resume", "data.samplers")]
     heard = []
     handler = logging.Handler(logging.INFO)
     handler.emit = lambda record: heard.append(record.getMessage())
-    resume_log.addHandler(handler)
-    level = resume_log.level
-    resume_log.setLevel(logging.INFO)
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     try:
         metrics = train(tiny_run("ms3", tree, run_dir, overrides))
     finally:
-        resume_log.removeHandler(handler)
-        resume_log.setLevel(level)
+        for log, level in zip(logs, levels, strict=True):
+            log.removeHandler(handler)
+            log.setLevel(level)
     return FineTune(source, start, run_dir, overrides, files, metrics, "\n".join(heard))
 
 

@@ -18,23 +18,24 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from avsac_lit.atomic import OutputExists, atomic_path
-from avsac_lit.build import build_run, compose_config
 from avsac_lit.data.synthetic import generate
 from avsac_lit.eval import evaluate
 from avsac_lit.export import main as export_main
-from avsac_lit.module import NonFiniteError
-from avsac_lit.resume import check_run_directory, csv_history, resume_point
-from avsac_lit.run_record import write_metrics
-from avsac_lit.rundir import (
+from avsac_lit.run.assemble import build_run, compose_config
+from avsac_lit.run.directories import check_run_directory
+from avsac_lit.run.job import this_command
+from avsac_lit.run.lock import (
     LOCK,
     Holder,
     RunDirectoryInUse,
     hold_run_directory,
     process_start,
     run_directory_held,
-    this_command,
 )
+from avsac_lit.run.record import write_metrics
+from avsac_lit.run.resume import csv_history, resume_point
+from avsac_lit.storage.atomic import OutputExists, atomic_path
+from avsac_lit.system.module import NonFiniteError
 from avsac_lit.train import train
 from tests import commands
 from tests.helpers import CONF, TINY_RUN, eval_run, tiny_run
@@ -162,8 +163,8 @@ def test_a_non_finite_validation_stops_the_run_naming_split_epoch_and_clips(synt
 def test_a_non_finite_test_stops_eval_naming_split_and_clips(trained_runs, tmp_path):
     """A checkpoint whose weights are NaN (diverged, written with valid checksums): eval used to
     write test/miou 0.0 and test/loss null, with exit 0."""
-    from avsac_lit.checkpoint import read_checkpoint
-    from avsac_lit.integrity import write_checkpoint
+    from avsac_lit.checkpoints.io import read_checkpoint
+    from avsac_lit.storage.checksums import write_checkpoint
 
     checkpoint = read_checkpoint(trained_runs / "0" / "checkpoints" / "last.ckpt")
     head = [k for k in checkpoint["state_dict"] if k.startswith("net.head.")]
@@ -288,7 +289,7 @@ def test_a_lock_whose_holder_has_ended_is_taken_over_and_a_live_one_kept(
 
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
-    caplog.set_level("WARNING", logger="avsac_lit.rundir")
+    caplog.set_level("WARNING", logger="avsac_lit.run.lock")
     for fields, why in (
         ({"pid": ended.pid}, "its process is gone"),
         ({"pid": os.getppid(), "started": -1}, "its process number now belongs to another process"),

@@ -214,7 +214,7 @@ def test_one_run_over_two_nodes_equals_ddp_sim_and_one_process_after_two_stops(
         f"data.root={twenty_clips}", "+experiment=synthetic_ms3", *TINY_RUN,
         "++data.synthetic={videos:20,seed:3,size:64}", "trainer.max_epochs=2",
         "model.net.dropout=0.0", "trainer.precision=64-true", "test_audio=[matched]",
-        "+callbacks.first_step._target_=avsac_lit.callbacks.FirstStepRecorder",
+        "+callbacks.first_step._target_=avsac_lit.run.callbacks.FirstStepRecorder",
         # The cache back on (it saves a fifth of the test's time): the local runs, one after
         # the other, fill it before the job starts, so every run reads the same entries.
         "model.feature_cache.enabled=true",

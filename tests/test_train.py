@@ -17,12 +17,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from avsac_lit.build import build_module, wandb_offline_unless_reachable
-from avsac_lit.checkpoint import upgraded
+from avsac_lit.checkpoints.versions import upgraded
 from avsac_lit.eval import evaluate
 from avsac_lit.eval import main as eval_main
 from avsac_lit.models.avsac import AVSAC
-from avsac_lit.module import MONITOR, AVSLitModule
+from avsac_lit.run.assemble import build_module
+from avsac_lit.run.loggers import wandb_offline_unless_reachable
+from avsac_lit.system.module import MONITOR, AVSLitModule
 from avsac_lit.train import main as train_main
 from avsac_lit.train import train
 from tests.helpers import EXPERIMENTS, compose_config, eval_run, tiny_run
@@ -247,7 +248,7 @@ def test_wandb_offline_run_writes_its_directory_and_finishes(
     wandb = pytest.importorskip("wandb")
     offline_by(how, monkeypatch)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    caplog.set_level(logging.WARNING, logger="avsac_lit.build")
+    caplog.set_level(logging.WARNING, logger="avsac_lit.run.loggers")
     cfg = tiny_run(
         "ms3", synth_trees["ms3"], tmp_path,
         ["logger=wandb", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
@@ -275,7 +276,7 @@ def test_wandb_offline_run_writes_its_directory_and_finishes(
 def test_wandb_offline_by_setting_is_not_checked_against_the_server(tmp_path, monkeypatch, caplog):
     """WANDB_MODE=offline, or the logger's offline: true: no check, no warning."""
     monkeypatch.setenv("WANDB_BASE_URL", closed_port_url())
-    caplog.set_level(logging.WARNING, logger="avsac_lit.build")
+    caplog.set_level(logging.WARNING, logger="avsac_lit.run.loggers")
     for mode, offline in (("offline", "false"), ("", "true")):
         monkeypatch.setenv("WANDB_MODE", mode)
         cfg = compose_config("train", ["logger=wandb", f"logger.wandb.offline={offline}"], tmp_path)
@@ -355,7 +356,7 @@ def test_a_run_resumed_mid_epoch_continues_that_epoch_and_says_so(
     monkeypatch.setattr(AVSLitModule, "training_step", original)
     last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 8
-    caplog.set_level(logging.INFO, logger="avsac_lit.resume")
+    caplog.set_level(logging.INFO, logger="avsac_lit.data.samplers")
     resumed = train(tiny_run("ms3", tree, tmp_path / "resumed", [*run, f"ckpt_path={last}"]))
     assert "in the middle of epoch 1 after 2 of its 6 batches" in caplog.text
     names = ("val/miou", "val/f", "val/loss", "val/miou_best", "train/miou", "train/f")

@@ -15,14 +15,16 @@ import torch
 from omegaconf import OmegaConf
 
 import avsac_lit
-from avsac_lit.callbacks import AtomicCheckpointIO
-from avsac_lit.checkpoint import UntrustedConfigError, buildable, load_trained, read_checkpoint
+from avsac_lit.checkpoints.io import read_checkpoint
+from avsac_lit.checkpoints.trust import UntrustedConfigError, buildable
+from avsac_lit.checkpoints.versions import CheckpointMismatchError
+from avsac_lit.checkpoints.writer import AtomicCheckpointIO
 from avsac_lit.eval import evaluate
 from avsac_lit.export import export
-from avsac_lit.integrity import write_checkpoint
-from avsac_lit.module import CheckpointMismatchError
+from avsac_lit.inference.trained import load_trained
 from avsac_lit.predict import predict
-from avsac_lit.resume import check_resumable
+from avsac_lit.run.resume import check_resumable
+from avsac_lit.storage.checksums import write_checkpoint
 from avsac_lit.train import train
 from tests.helpers import eval_run, tiny_run
 

@@ -27,7 +27,7 @@ from avsac_lit.data.io import load_log_mel_pickle, save_log_mel_pickle
 from avsac_lit.data.manifest import DamagedManifestError
 from avsac_lit.data.synthetic import generate
 from avsac_lit.data.synthetic import main as generate_main
-from avsac_lit.safe_paths import inside
+from avsac_lit.storage.safe_paths import inside
 from avsac_lit.train import train
 from tests.helpers import tiny_run
 

@@ -6,7 +6,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from avsac_lit.build import build_module, compose_config, set_num_classes
+from avsac_lit.run.assemble import build_module, compose_config, set_num_classes
 
 # The twins' model: the demo's experiment with the tiny PVT trained from scratch (0.7.0's demo
 # freezes a pretrained one; table/synthetic_* train theirs).

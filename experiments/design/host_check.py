@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from avsac_lit.bench import Stepper, matmul_peak
-from avsac_lit.build import compose_config
+from avsac_lit.run.assemble import compose_config
 
 
 def cpu_facts() -> str:

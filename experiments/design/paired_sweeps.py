@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from avsac_lit.paired import paired_difference
+from avsac_lit.analysis.paired import paired_difference
 
 
 def runs(sweep: Path) -> dict[int, dict]:

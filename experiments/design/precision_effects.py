@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from avsac_lit.bench import training_batch
-from avsac_lit.build import compose_config
+from avsac_lit.run.assemble import compose_config
 
 
 def main(overrides: list[str]) -> None:

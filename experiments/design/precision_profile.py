@@ -21,7 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from avsac_lit.bench import Stepper
-from avsac_lit.build import compose_config
+from avsac_lit.run.assemble import compose_config
 
 COMPUTE = ("conv", "mm", "addmm", "bmm", "linear", "matmul", "baddbmm")
 CASTS = ("aten::_to_copy", "aten::copy_")

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from avsac_lit.build import compose_config
 from avsac_lit.data.synthetic import generate
-from avsac_lit.module import AVSLitModule
+from avsac_lit.run.assemble import compose_config
+from avsac_lit.system.module import AVSLitModule
 from avsac_lit.train import train
 
 SETTINGS = "++data.synthetic={videos:20,seed:3,size:64}"
@@ -55,7 +55,7 @@ def ddp(root: Path, work: Path, overrides: list[str]) -> None:
         extra = [
             f"trainer={trainer}", f"data.train_batch_size={batch}", "trainer.max_epochs=2",
             "model.net.dropout=0.0",
-            "+callbacks.first_step._target_=avsac_lit.callbacks.FirstStepRecorder",
+            "+callbacks.first_step._target_=avsac_lit.run.callbacks.FirstStepRecorder",
             f"+callbacks.first_step.path={record}",
         ]  # fmt: skip
         results.append(run(root, work / name, [*extra, *overrides]))

@@ -39,10 +39,10 @@ from rich.table import Table
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from avsac_lit.atomic import atomic_path
-from avsac_lit.build import CONFIG_PATH
-from avsac_lit.cli import refusals_in_one_line
-from avsac_lit.module import AVSLitModule
+from avsac_lit.run.assemble import CONFIG_PATH
+from avsac_lit.run.wrapper import refusals_in_one_line
+from avsac_lit.storage.atomic import atomic_path
+from avsac_lit.system.module import AVSLitModule
 
 log = logging.getLogger(__name__)
 

@@ -25,19 +25,19 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from avsac_lit.build import CONFIG_PATH, build_run, refuse_overrides
-from avsac_lit.checkpoint import (
+from avsac_lit.analysis.listening import report_listening
+from avsac_lit.checkpoints.encoders import encoder_files_needed, rebuilt_encoders
+from avsac_lit.checkpoints.io import (
     checkpoint_config,
-    encoder_files_needed,
     existing_checkpoint,
     read_checkpoint,
-    rebuilt_encoders,
     without_weight_files,
 )
-from avsac_lit.cli import apply_extras, refusals_in_one_line, task_wrapper
-from avsac_lit.convert import BACKBONE_MARKERS
-from avsac_lit.counterfactual import audio_conditions, report_listening, test_conditions
-from avsac_lit.run_record import Stopwatch, run_facts, write_metrics
+from avsac_lit.checkpoints.official import BACKBONE_MARKERS
+from avsac_lit.run.assemble import CONFIG_PATH, build_run, refuse_overrides
+from avsac_lit.run.conditions import audio_conditions, test_conditions
+from avsac_lit.run.record import Stopwatch, run_facts, write_metrics
+from avsac_lit.run.wrapper import apply_extras, refusals_in_one_line, task_wrapper
 
 log = logging.getLogger(__name__)
 

@@ -15,21 +15,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from avsac_lit.atomic import refuse_existing
-from avsac_lit.checkpoint import (
-    existing_checkpoint,
-    module_with_encoders,
-    read_checkpoint,
-    run_config,
-)
-from avsac_lit.integrity import write_checkpoint
+from avsac_lit.checkpoints.io import existing_checkpoint, read_checkpoint, run_config
+from avsac_lit.inference.trained import module_with_encoders
+from avsac_lit.storage.atomic import refuse_existing
+from avsac_lit.storage.checksums import write_checkpoint
 
 TRAINING_STATE = ("optimizer_states", "lr_schedulers", "loops", "callbacks")
 
 
 def export(ckpt_path: str | Path, output: str | Path, keep_training_state: bool = False) -> Path:
     """Write ``ckpt_path`` with its encoders put back to ``output``, a new file (an existing one
-    is refused: :class:`~avsac_lit.atomic.OutputExists`); returns ``output``."""
+    is refused: :class:`~avsac_lit.storage.atomic.OutputExists`); returns ``output``."""
     ckpt_path, output = existing_checkpoint(ckpt_path), Path(output)
     if output.resolve() == ckpt_path.resolve():
         raise ValueError(f"Export {ckpt_path} to another file than itself.")

@@ -22,9 +22,9 @@ from rich.table import Table
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from avsac_lit.build import CONFIG_PATH
-from avsac_lit.cli import refusals_in_one_line
 from avsac_lit.models.counting import parameter_counts
+from avsac_lit.run.assemble import CONFIG_PATH
+from avsac_lit.run.wrapper import refusals_in_one_line
 
 TASK_SHAPES = {"s4": (1, 5), "ms3": (1, 5), "avss": (71, 10)}  # (classes, frames per clip)
 

@@ -55,13 +55,13 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from avsac_lit.atomic import PARTIAL_SUFFIX, atomic_path, disk_write_error
-from avsac_lit.build import CONFIG_PATH, refuse_overrides
-from avsac_lit.checkpoint import TrainedModel, load_trained
-from avsac_lit.cli import refusals_in_one_line
 from avsac_lit.data.audio import SAMPLE_RATE, waveform_to_examples
-from avsac_lit.integrity import leaves
-from avsac_lit.viz import mask_palette, overlay, predicted_masks
+from avsac_lit.inference.trained import TrainedModel, load_trained
+from avsac_lit.run.assemble import CONFIG_PATH, refuse_overrides
+from avsac_lit.run.wrapper import refusals_in_one_line
+from avsac_lit.storage.atomic import PARTIAL_SUFFIX, atomic_path, disk_write_error
+from avsac_lit.storage.checksums import leaves
+from avsac_lit.viz.draw import mask_palette, overlay, predicted_masks
 
 log = logging.getLogger(__name__)
 

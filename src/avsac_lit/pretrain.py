@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from avsac_lit.atomic import atomic_path
 from avsac_lit.data.io import normalised_frame, resize_or_crop
 from avsac_lit.data.synthetic import CATEGORIES, make_clip
-from avsac_lit.devices import keep_freed_memory
 from avsac_lit.models.backbone import TINY_PVT, VisualBackbone
+from avsac_lit.storage.atomic import atomic_path
+from avsac_lit.system.memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
 

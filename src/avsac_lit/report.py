@@ -12,8 +12,9 @@ Reads what every run of a multirun leaves in its directory, with no logger neede
 * ``report_<metric>.png``: a bar chart per metric, with the seeds' spread as error bars and the
   paper's values as markers;
 * with a row to compare against ("(ours)", or the recipe's ``report.reference``): a "Claims"
-  section in ``report.md``, each other row paired with it seed by seed (:mod:`avsac_lit.paired`:
-  mean difference, 95 % interval, n, and the verdict on the order the paper's numbers claim),
+  section in ``report.md``, each other row paired with it seed by seed
+  (:mod:`avsac_lit.analysis.paired`: mean difference, 95 % interval, n, and the verdict on
+  the order the paper's numbers claim),
   the same per row in ``report.csv``, and ``report_claims.png``.
 
 A cell that averages runs of different code or libraries (the commit, ``+dirty`` or not, the
@@ -43,10 +44,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from avsac_lit.atomic import atomic_path
-from avsac_lit.counterfactual import reference_scores
-from avsac_lit.data.manifest import DamagedManifestError
-from avsac_lit.paired import (
+from avsac_lit.analysis.paired import (
     CONTRADICTED,
     SUPPORTED,
     UNRESOLVED,
@@ -54,6 +52,8 @@ from avsac_lit.paired import (
     paired_difference,
     verdict,
 )
+from avsac_lit.data.manifest import DamagedManifestError, reference_scores
+from avsac_lit.storage.atomic import atomic_path
 
 # The paper's columns, in percent, and the suite's own when the runs have them.
 PAPER_METRICS = {"test/f": "F", "test/miou": "mIoU"}

@@ -25,24 +25,22 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from avsac_lit.build import CONFIG_PATH, build_run
-from avsac_lit.cli import apply_extras, refusals_in_one_line, task_wrapper
-from avsac_lit.counterfactual import audio_conditions, report_listening, test_conditions
-from avsac_lit.devices import claim_gpu, use_allocated_cpus
-from avsac_lit.resume import (
+from avsac_lit.analysis.listening import report_listening
+from avsac_lit.run.assemble import CONFIG_PATH, build_run
+from avsac_lit.run.conditions import audio_conditions, test_conditions
+from avsac_lit.run.devices import claim_gpu, use_allocated_cpus
+from avsac_lit.run.job import in_a_multirun, this_command
+from avsac_lit.run.lock import run_directory_held
+from avsac_lit.run.record import Stopwatch, process_facts, run_facts, scalar_metrics, write_metrics
+from avsac_lit.run.resume import (
     FIT_METRICS,
     RunFinished,
-    RunStopped,
-    StopAndResume,
-    StopSignals,
     carry_csv_history,
     resume_point,
     save_fit_metrics,
-    stop_message,
-    stopped_worker,
 )
-from avsac_lit.run_record import Stopwatch, process_facts, run_facts, scalar_metrics, write_metrics
-from avsac_lit.rundir import in_a_multirun, run_directory_held, this_command
+from avsac_lit.run.stop import RunStopped, StopAndResume, StopSignals, stop_message, stopped_worker
+from avsac_lit.run.wrapper import apply_extras, refusals_in_one_line, task_wrapper
 
 log = logging.getLogger(__name__)
 

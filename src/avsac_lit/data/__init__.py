@@ -17,8 +17,14 @@ key             shape / type           meaning
 
 T is 5 for S4 and MS3 and 10 for AVSS. H = W = ``img_size``.
 
-Build a dataset with :func:`build_dataset` or, for training, :class:`AVSDataModule`.
+Build a dataset with :func:`build_dataset` or, for training, :class:`AVSDataModule`. The data
+module (a Lightning object) is imported when it is first asked for, so that the datasets and
+file readers load without Lightning.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from avsac_lit.data.avsbench import (
     SPLITS,
@@ -30,7 +36,6 @@ from avsac_lit.data.avsbench import (
     S4Dataset,
     build_dataset,
 )
-from avsac_lit.data.datamodule import AVSDataModule
 
 __all__ = [
     "SPLITS",
@@ -43,3 +48,16 @@ __all__ = [
     "S4Dataset",
     "build_dataset",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The configs name it as avsac_lit.data.AVSDataModule; Hydra finds it here.
+    if name == "AVSDataModule":
+        from avsac_lit.data.datamodule import AVSDataModule
+
+        return AVSDataModule
+    raise AttributeError(f"module 'avsac_lit.data' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    from avsac_lit.data.datamodule import AVSDataModule

@@ -30,7 +30,7 @@ from avsac_lit.data.io import (
     voc_palette,
 )
 from avsac_lit.data.logmel import LogMelCache
-from avsac_lit.safe_paths import component_problem
+from avsac_lit.storage.safe_paths import component_problem
 
 TASKS = ("s4", "ms3", "avss")
 SPLITS = ("train", "val", "test")

@@ -87,3 +87,10 @@ class AudioCondition(Dataset):
         """The clip whose audio ``index`` hears under ``shuffled``: never itself when n > 1."""
         count = len(self.dataset)
         return (index + max(1, count // 2)) % count
+
+
+CONDITION_LABELS = {
+    "matched": "true audio",
+    "shuffled": "audio of another clip",
+    "silent": "silence",
+}

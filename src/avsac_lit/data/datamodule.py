@@ -126,7 +126,7 @@ class AVSDataModule(L.LightningDataModule):
         if shuffle:
             sampler = TrainSampler(len(dataset), batch_size=batch_size)
             # A resumed run's loader starts where the interrupted run stood.
-            from avsac_lit.resume import continue_interrupted_epoch
+            from avsac_lit.data.samplers import continue_interrupted_epoch
 
             continue_interrupted_epoch(self.trainer, sampler)
         else:

@@ -20,7 +20,7 @@ import torch._utils
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-from avsac_lit.atomic import atomic_path
+from avsac_lit.storage.atomic import atomic_path
 
 try:  # NumPy 2; NumPy 1 has them in numpy.core
     from numpy._core.multiarray import _reconstruct

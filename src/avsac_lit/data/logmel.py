@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from avsac_lit.atomic import atomic_path, remove_leftovers, unrepairable
 from avsac_lit.data.audio import wav_to_examples
-from avsac_lit.integrity import tensor_checksum
-from avsac_lit.safe_paths import inside
+from avsac_lit.storage.atomic import atomic_path, remove_leftovers, unrepairable
+from avsac_lit.storage.checksums import tensor_checksum
+from avsac_lit.storage.safe_paths import inside
 
 log = logging.getLogger(__name__)
 

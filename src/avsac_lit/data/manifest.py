@@ -58,3 +58,12 @@ def damaged(path: Path, why: str) -> str:
         "(--out DIR, data.root=DIR); if it holds data of your own, move the manifest.json out of "
         "it."
     )
+
+
+def reference_scores(root: str | Path, split: str = "test") -> dict[str, dict[str, float]]:
+    """The synthetic generator's reference scores of a split (``{}`` for data without them)."""
+    manifest = read_manifest(root)
+    if manifest is None:
+        return {}
+    splits = manifest.get("splits", {})
+    return splits.get(split, {}).get("reference_scores", {})

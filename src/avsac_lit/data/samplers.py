@@ -12,20 +12,29 @@ per-batch means and maxima) and the clips (the padded repeats count twice). Thes
   as one, exactly once, and no clip is repeated.
 
 Both read the number of processes and the rank from ``torch.distributed`` when they are iterated,
-so a loader built before the processes start (as ``avsac_lit.counterfactual`` builds the test
+so a loader built before the processes start (as ``avsac_lit.run.conditions`` builds the test
 loaders) is still split right. They subclass ``DistributedSampler`` only so that Lightning, which
 wraps any other sampler in its own under DDP, leaves them alone.
 """
 
 from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import lightning as L
+
 import math
 import os
+import warnings
 from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
+
+log = logging.getLogger(__name__)
 
 
 def process_layout() -> tuple[int, int]:
@@ -136,3 +145,41 @@ class EvalSampler(DistributedSampler):
             min(self.batch_size, self.num_clips - batch * self.batch_size)
             for batch in self.rank_batch_indices()
         )
+
+
+def continue_interrupted_epoch(trainer: L.Trainer | None, sampler) -> None:
+    """Start a training ``sampler`` where a resumed run's training stands.
+
+    Lightning asks for the loader after restoring its loops from the checkpoint and draws the
+    first batch before it sets the sampler's epoch, so the epoch is set here; a checkpoint
+    written mid-epoch continues that epoch with the batches it had not trained on.
+    """
+    if trainer is None or not trainer.ckpt_path:
+        return
+    epochs = trainer.fit_loop.epoch_progress
+    sampler.set_epoch(epochs.current.processed)
+    # processed, not completed: a checkpoint written at a batch's end holds its step.
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    batches = limited_batches(len(sampler.rank_batches()), trainer.limit_train_batches)
+    mid_epoch = epochs.total.started == epochs.total.processed + 1 and 0 < done < batches
+    if not mid_epoch:
+        return
+    # The loader draws its first batch in the interrupted epoch, which Lightning continues.
+    sampler.skip_batches(done)
+    # Lightning warns that such a resume is "unreliable" for loaders that start the epoch
+    # again; this one does not.
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended")
+    log.info(
+        "Resuming from %s, written in the middle of epoch %d after %d of its %d batches: the "
+        "epoch continues with the batches it had not trained on, as the interrupted run would "
+        "have, its training metrics' sums restored.",
+        trainer.ckpt_path, epochs.current.processed, done, batches,
+    )  # fmt: skip
+
+
+def limited_batches(batches: int, limit: int | float | None) -> int:
+    """The batches an epoch trains on under ``trainer.limit_train_batches``, as Lightning
+    counts them."""
+    if limit is None:
+        return batches
+    return min(batches, limit) if isinstance(limit, int) else int(batches * limit)

@@ -47,9 +47,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from avsac_lit.atomic import DiskWriteError, atomic_path, remove_leftovers, unrepairable
 from avsac_lit.models.weights import state_digest
-from avsac_lit.safe_paths import inside
+from avsac_lit.storage.atomic import DiskWriteError, atomic_path, remove_leftovers, unrepairable
+from avsac_lit.storage.safe_paths import inside
 
 log = logging.getLogger(__name__)
 

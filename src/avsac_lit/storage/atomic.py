@@ -25,9 +25,8 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
-
-from avsac_lit.rundir import another_disk_setting, in_a_multirun, rerun_hint
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +36,29 @@ DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 # space such an error is taken for a full disk.
 NEARLY_FULL_BYTES = 64 * 2**20
 
-# The run whose files are being written (set by ``build.build_run``), for the last good checkpoint
-# that a refused write names.
+# The run whose files are being written, for the last good checkpoint and the way on that a
+# refused write names: set by the run's assembly (``run.assemble.build_run``), which knows how the
+# run goes on (Hydra's settings), so that this module knows nothing of runs.
 _run_directory: Path | None = None
+_ways_on: RunWaysOn | None = None
 
 
-def note_run_directory(path: str | Path | None) -> None:
-    global _run_directory
+@dataclass(frozen=True)
+class RunWaysOn:
+    """How a run whose write the disk refused goes on: ``rerun`` continues it where it is (``run
+    the same command with hydra.run.dir=...``), ``elsewhere`` is the setting that puts a new run on
+    another disk (``paths.log_dir=/another/disk``), and ``one_run``: whether ``ckpt_path=`` may
+    name the checkpoint to go on from (not in a multirun, whose every job it would start)."""
+
+    rerun: str
+    elsewhere: str
+    one_run: bool = True
+
+
+def note_run_directory(path: str | Path | None, ways_on: RunWaysOn | None = None) -> None:
+    global _run_directory, _ways_on
     _run_directory = None if path is None else Path(path)
+    _ways_on = ways_on
 
 
 def temporary_name(path: Path) -> Path:
@@ -204,18 +218,21 @@ def last_good_checkpoint() -> str:
 
 def run_advice() -> str:
     """How a run whose write the disk refused goes on: here once there is space, or in a new
-    directory on another disk, named by the setting that moves it (``paths.log_dir`` moves only
-    a directory that Hydra makes from it, not a ``hydra.run.dir`` given)."""
+    directory on another disk, named by the setting that moves it (:class:`RunWaysOn`)."""
     if _run_directory is None:
         return "Free space there, or write to another directory."
-    elsewhere = another_disk_setting(_run_directory)
+    ways_on = _ways_on or RunWaysOn(
+        rerun=f"run the same command with hydra.run.dir={_run_directory}",
+        elsewhere=f"/another/disk/{_run_directory.name}",
+    )
     last = _run_directory / "checkpoints" / "last.ckpt"
     if not last.is_file():
-        return f"Free space there, or run in another directory: {elsewhere}."
-    rerun = f"Free space there and continue the run: {rerun_hint(_run_directory)}"
-    if in_a_multirun():  # a ckpt_path= would start every job of the multirun from this one
+        return f"Free space there, or run in another directory: {ways_on.elsewhere}."
+    rerun = f"Free space there and continue the run: {ways_on.rerun}"
+    if not ways_on.one_run:
         return f"{rerun}."
-    return f"{rerun}; or go on in a new directory on another disk: {elsewhere} ckpt_path={last}."
+    return (f"{rerun}; or go on in a new directory on another disk: {ways_on.elsewhere} "
+            f"ckpt_path={last}.")  # fmt: skip
 
 
 def unrepairable(path: Path, error: OSError, instead: str) -> str:

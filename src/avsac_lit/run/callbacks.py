@@ -6,23 +6,25 @@ import logging
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import BaseFinetuning, Callback, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.optim import Optimizer
 from torch.utils.data import Dataset, default_collate
 
-from avsac_lit.atomic import atomic_path, remove_leftovers
-from avsac_lit.integrity import verify, write_checkpoint
 from avsac_lit.models.backbone import VisualBackbone
-from avsac_lit.safe_paths import inside
-from avsac_lit.viz import GROUND_TRUTH, clip_figure, frames_to_uint8, log_mel_image, predicted_masks
+from avsac_lit.storage.atomic import atomic_path, remove_leftovers
+from avsac_lit.storage.safe_paths import inside
+from avsac_lit.viz.draw import (
+    GROUND_TRUTH,
+    clip_figure,
+    frames_to_uint8,
+    log_mel_image,
+    predicted_masks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -272,44 +274,11 @@ class _EveryValue(dict):
         return _Marker()
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to ``<name>.<pid>-<random>.partial`` beside their destination,
-    flushed, then renamed, with their tensors' checksums (:mod:`avsac_lit.integrity`).
-
-    Lightning's own writer stages the file in the system's temporary directory (through fsspec),
-    where a kill leaves tens of megabytes nobody removes; here a kill leaves a ``.partial`` in the
-    run's ``checkpoints/``, which the next start there removes (``ResumableCheckpoint``)."""
-
-    def save_checkpoint(
-        self, checkpoint: dict, path: str | Path, storage_options: Any | None = None
-    ) -> None:
-        if storage_options is not None or "://" in str(path):  # remote: Lightning's writer
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        write_checkpoint(checkpoint, path)
-
-    def load_checkpoint(
-        self, path: str | Path, map_location: Any = "cpu", weights_only: bool | None = None
-    ) -> dict[str, Any]:
-        """The checkpoint at ``path`` (local or fsspec), verified, read with
-        ``weights_only=True`` whatever Lightning asks for and torch's default is (``False``
-        before torch 2.6, and under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``): a pickle in a
-        checkpoint someone handed over would otherwise run as it is read. Read here rather than
-        by Lightning's reader, which takes no ``weights_only`` in some of the versions the suite
-        accepts."""
-        filesystem = get_filesystem(path)
-        if not filesystem.exists(path):
-            raise FileNotFoundError(f"Checkpoint file not found: {path}")
-        with filesystem.open(path, "rb") as handle:
-            checkpoint = torch.load(handle, map_location=map_location, weights_only=True)
-        verify(checkpoint, path)  # what Lightning resumes or tests from, too
-        return checkpoint
-
-
 class FirstStepRecorder(Callback):
     """Saves the first training step's loss (the mean over processes) and its gradients (after
     DDP has averaged them) to ``path``: how a multi-process setup is checked against one process
     (``experiments/design/runs_that_survive.py ddp``). Add it with
-    ``+callbacks.first_step._target_=avsac_lit.callbacks.FirstStepRecorder
+    ``+callbacks.first_step._target_=avsac_lit.run.callbacks.FirstStepRecorder
     +callbacks.first_step.path=step.pt``."""
 
     def __init__(self, path: str | Path) -> None:

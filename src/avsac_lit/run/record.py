@@ -22,8 +22,8 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-import avsac_lit
-from avsac_lit.atomic import atomic_path
+from avsac_lit.checkpoints.versions import suite_version
+from avsac_lit.storage.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,9 @@ def source_version() -> str:
     an installed package (no checkout around it), ``avsac-lit <version>``. Read once per
     process: the jobs of a multirun that share a process run the code it imported, whatever
     happens to the checkout meanwhile."""
-    package = Path(avsac_lit.__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     repo = package.parents[1]
-    installed = f"avsac-lit {avsac_lit.__version__}"
+    installed = f"avsac-lit {suite_version()}"
     if package != repo / "src" / "avsac_lit" or not (repo / ".git").exists():
         return installed
 

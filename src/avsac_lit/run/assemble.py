@@ -8,14 +8,8 @@ and the notebooks. The configs ship inside the package (``avsac_lit/conf``) and 
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
-import os
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +21,15 @@ from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from avsac_lit.atomic import atomic_path, note_run_directory
 from avsac_lit.data import AVSDataModule, DatasetLayoutError
 from avsac_lit.models.counting import parameter_counts
-from avsac_lit.module import AVSLitModule
+from avsac_lit.run.job import another_disk_setting, in_a_multirun, rerun_hint
+from avsac_lit.run.loggers import wandb_offline_unless_reachable
+from avsac_lit.run.settings import check_number_settings, check_trainer_settings
+from avsac_lit.storage.atomic import RunWaysOn, atomic_path, note_run_directory
+from avsac_lit.system.module import AVSLitModule
 
 log = logging.getLogger(__name__)
 
@@ -125,63 +122,6 @@ def instantiate_group(group: DictConfig | None, kind: str) -> list[Any]:
     return built
 
 
-# Where wandb.init connects unless WANDB_BASE_URL says otherwise, and how long the check waits
-# for it (wandb itself waits about 100 s, then stops the run).
-WANDB_DEFAULT_URL = "https://api.wandb.ai"
-WANDB_PROBE_TIMEOUT_S = 5.0
-WANDB_OFFLINE_MODES = ("offline", "dryrun", "disabled")
-
-
-@functools.cache
-def unreachable(url: str) -> str | None:
-    """Why ``url`` cannot be reached from this machine (through the proxies the environment
-    names, as wandb goes), or None when it answers at all (an HTTP error status is an answer).
-    Asked once per process: the jobs of a multirun share the answer."""
-    request = urllib.request.Request(url, method="HEAD")
-    try:
-        with urllib.request.urlopen(request, timeout=WANDB_PROBE_TIMEOUT_S):
-            return None
-    except urllib.error.HTTPError:
-        return None
-    except urllib.error.URLError as error:
-        return str(error.reason)
-    except (OSError, ValueError) as error:  # a timeout while reading; a malformed URL
-        return str(error) or type(error).__name__
-
-
-def wandb_offline_unless_reachable(cfg: DictConfig) -> None:
-    """Switch ``cfg.logger``'s W&B logger to offline when the W&B server cannot be reached, with
-    a warning that says where the offline run goes and how to upload it. On a cluster node
-    without internet, wandb.init would wait about 100 s and stop the run (after its wait in the
-    queue); offline, nothing is lost: ``wandb sync`` uploads the same run later. Not checked
-    under WANDB_MODE=offline (or disabled) or with ``offline: true``."""
-    loggers = cfg.get("logger")
-    if not isinstance(loggers, DictConfig):
-        return
-    if os.environ.get("WANDB_MODE", "").lower() in WANDB_OFFLINE_MODES:
-        return
-    for node in loggers.values():
-        is_wandb = isinstance(node, DictConfig) and str(node.get("_target_")).endswith(
-            "WandbLogger"
-        )
-        if not is_wandb or node.get("offline"):
-            continue
-        url = os.environ.get("WANDB_BASE_URL", WANDB_DEFAULT_URL)
-        reason = unreachable(url)
-        if reason is None:
-            continue
-        with open_dict(node):
-            node.offline = True
-        runs = Path(node.get("save_dir") or os.environ.get("WANDB_DIR") or ".") / "wandb"
-        log.warning(
-            "W&B at %s cannot be reached from this machine (%s): this run logs to W&B offline "
-            "instead, into %s/offline-run-*. Upload it later from a machine with network: "
-            "wandb sync %s/offline-run-*. Set WANDB_MODE=offline to go offline without this "
-            "check, or logger=csv for no W&B.",
-            url, reason, runs, runs,
-        )  # fmt: skip
-
-
 def build_run(
     cfg: DictConfig,
     callbacks: DictConfig | None = None,
@@ -193,7 +133,7 @@ def build_run(
     check_trainer_settings(cfg.trainer)
     check_number_settings(cfg)
     wandb_offline_unless_reachable(cfg)  # before config.yaml records the logger's mode
-    note_run_directory(cfg.paths.output_dir)  # named when a disk refuses one of its files
+    note_run(cfg.paths.output_dir)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     log.info("Instantiating datamodule <%s> for %s", cfg.data._target_, cfg.data.task)
@@ -218,11 +158,20 @@ def build_run(
     return datamodule, module, trainer
 
 
+def note_run(output_dir: str | Path) -> None:
+    """Name the run's directory, with the ways on that Hydra's settings give, for the message of
+    a write the disk refuses (:class:`~avsac_lit.storage.atomic.DiskWriteError`)."""
+    output_dir = Path(output_dir)
+    ways_on = RunWaysOn(rerun_hint(output_dir), another_disk_setting(output_dir),
+                        one_run=not in_a_multirun())  # fmt: skip
+    note_run_directory(output_dir, ways_on)
+
+
 def cluster_settings(trainer: DictConfig) -> dict[str, Any]:
     """What the trainer's config leaves to the machine it runs on:
 
     * in a SLURM job, Lightning's SLURM environment without its own requeue handling (it saves
-      in the middle of a step on USR1): :mod:`avsac_lit.resume` stops and requeues runs;
+      in the middle of a step on USR1): :mod:`avsac_lit.run.stop` stops and requeues runs;
     * ``sync_batchnorm: auto``: torch's SyncBatchNorm on GPUs; off on CPUs, where it refuses the
       tensors (the synthetic experiments' audio BatchNorm synchronises itself there).
     """
@@ -237,153 +186,6 @@ def cluster_settings(trainer: DictConfig) -> dict[str, Any]:
         )
         settings["sync_batchnorm"] = on_gpus
     return settings
-
-
-# Trainer settings that must be whole numbers (or null), checked before anything is built: a
-# string there would fail only after the model is built and the sanity check has run.
-COUNTS = ("max_epochs", "min_epochs", "max_steps", "num_nodes", "check_val_every_n_epoch",
-          "log_every_n_steps", "num_sanity_val_steps", "accumulate_grad_batches")  # fmt: skip
-
-
-def check_trainer_settings(trainer: DictConfig) -> None:
-    for key in COUNTS:
-        value = trainer.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ValueError(
-                f"trainer.{key}={value!r}: expected a whole number (or null), e.g. "
-                f"trainer.{key}=30."
-            )
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _positive(value: Any) -> bool:
-    return _is_number(value) and value > 0
-
-
-def _non_negative(value: Any) -> bool:
-    return _is_number(value) and value >= 0
-
-
-def _betas(value: Any) -> bool:
-    return (
-        isinstance(value, Sequence)
-        and not isinstance(value, str)
-        and len(value) == 2
-        and all(_is_number(beta) and 0 <= beta < 1 for beta in value)
-    )
-
-
-def _count_from(least: int) -> Callable[[Any], bool]:
-    return lambda value: _is_whole(value) and value >= least
-
-
-# What seed_everything accepts: NumPy's seeds are unsigned 32-bit.
-MAX_SEED = 2**32 - 1
-
-
-def _seed(value: Any) -> bool:
-    return value is None or (_is_whole(value) and 0 <= value <= MAX_SEED)
-
-
-def _image_size(value: Any) -> bool:
-    # The masks are predicted at a quarter of the frame size and upsampled 4x, so another size
-    # gives masks of another size than the labels'; the PVT backbones' first stage reduces its
-    # quarter-size map with an 8 x 8 convolution, which needs 8 x 8 of it.
-    return _is_whole(value) and value >= 32 and value % 4 == 0
-
-
-@dataclass(frozen=True)
-class NumberSetting:
-    """A numeric setting, checked before anything is built: what it must be, in words and as a
-    test, and a value to show as an example."""
-
-    key: str  # dotted, as on the command line
-    expected: str
-    holds: Callable[[Any], bool]
-    example: str
-
-
-# The seed, the numbers of the optimiser and scheduler partials (what torch's Adam/AdamW/SGD and
-# their schedulers take; each checked only where the config has it), the module's and the data's.
-# A string there fails only deep inside (the optimiser at the first training step, the loaders at
-# the first batch) with a bare TypeError, a negative learning rate with torch's message, a
-# negative seed with NumPy's and a frame size the model cannot tile with a size mismatch in the
-# loss, none naming the setting.
-NUMBER_SETTINGS = (
-    NumberSetting(
-        "seed",
-        f"a whole number from 0 to {MAX_SEED} (NumPy's seeds), or null for no seeding",
-        _seed,
-        "123",
-    ),
-    NumberSetting("model.optimizer.lr", "a positive number", _positive, "2e-5"),
-    NumberSetting("model.optimizer.weight_decay", "a number >= 0", _non_negative, "0.01"),
-    NumberSetting("model.optimizer.betas", "two numbers in [0, 1)", _betas, "[0.9,0.999]"),
-    NumberSetting("model.optimizer.eps", "a positive number", _positive, "1e-8"),
-    NumberSetting("model.optimizer.momentum", "a number >= 0", _non_negative, "0.9"),
-    NumberSetting("model.scheduler.T_max", "a whole number >= 1", _count_from(1), "30"),
-    NumberSetting("model.scheduler.eta_min", "a number >= 0", _non_negative, "0"),
-    NumberSetting(
-        "model.warmup_steps", "a whole number >= 0 (optimiser steps)", _count_from(0), "50"
-    ),
-    NumberSetting(
-        "data.img_size",
-        "a multiple of 4, at least 32 (pixels: the masks are predicted at a quarter of it and "
-        "upsampled 4x, and the PVT backbones need 8 x 8 of that quarter)",
-        _image_size,
-        "224",
-    ),
-    NumberSetting("data.train_batch_size", "a whole number >= 1 (clips)", _count_from(1), "4"),
-    NumberSetting("data.eval_batch_size", "a whole number >= 1 (clips)", _count_from(1), "2"),
-    NumberSetting(
-        "data.num_workers",
-        "a whole number >= 0 (worker processes; 0 loads in the main process)",
-        _count_from(0),
-        "4",
-    ),
-)
-
-
-def _as_written(value: Any) -> str:
-    """A value as a command line would show it: strings quoted (so that ``'1e-3'``, a string,
-    is told from ``1e-3``), ``null`` for None, lists without their config type."""
-    if value is None:
-        return "null"
-    if isinstance(value, ListConfig):
-        return str(OmegaConf.to_container(value))
-    return repr(value)
-
-
-def check_number_settings(cfg: DictConfig) -> None:
-    """Refuse, before anything is built, a setting of :data:`NUMBER_SETTINGS` that is not the
-    number it must be: the message names it as the command line does (``model.optimizer.lr=-1``),
-    with what is expected and an example. A setting the config does not have (the scheduler's
-    under ``scheduler: null``, an optimiser's ``betas`` under SGD) is not checked."""
-    for setting in NUMBER_SETTINGS:
-        parent_key, _, leaf = setting.key.rpartition(".")
-        parent = OmegaConf.select(cfg, parent_key)
-        if not isinstance(parent, DictConfig) or leaf not in parent:
-            continue
-        value = parent[leaf]
-        if setting.holds(value):
-            continue
-        # A value taken from another setting says which, where that is the one to change.
-        source = (
-            f" (from {OmegaConf.to_container(parent, resolve=False)[leaf]})"
-            if OmegaConf.is_interpolation(parent, leaf)
-            else ""
-        )
-        raise ValueError(
-            f"{setting.key}={_as_written(value)}{source}: expected {setting.expected}, e.g. "
-            f"{setting.key}={setting.example}."
-        )
 
 
 def save_resolved_config(cfg: DictConfig) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import lightning as L
@@ -15,10 +15,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MaxMetric, MeanMetric, Metric, MetricCollection
 
-import avsac_lit
+from avsac_lit.checkpoints.versions import check_weights_fit, suite_version
 from avsac_lit.data.conditions import condition_of, metric_prefix
-from avsac_lit.devices import keep_freed_memory
-from avsac_lit.feature_cache import EncoderFeatureCache
 from avsac_lit.metrics import (
     AudioShare,
     AVSSFScore,
@@ -30,6 +28,8 @@ from avsac_lit.metrics import (
 )
 from avsac_lit.models.losses import AVSCriterion
 from avsac_lit.models.weights import floating_dtype, state_digest
+from avsac_lit.system.feature_cache import EncoderFeatureCache
+from avsac_lit.system.memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -80,70 +80,6 @@ class NonFiniteError(FloatingPointError):
     epoch and the batch's clips."""
 
 
-class CheckpointMismatchError(ValueError):
-    """A checkpoint whose weights are not those of the model its config builds here."""
-
-
-def check_weights_fit(
-    found: Mapping[str, Tensor],
-    expected: Mapping[str, Tensor],
-    checkpoint: str | Path,
-    written_by: str | None,
-) -> None:
-    """Refuse, before they are loaded, the weights ``found`` in ``checkpoint`` (written by
-    avsac-lit ``written_by``, where it says) unless they are the ones ``expected`` by the model
-    its config builds: every key, each of the same shape. The message names the keys that are
-    missing, unexpected or of another shape, where torch's strict loading gives a wall of them
-    that names neither the file nor a way on."""
-
-    def shape(value: object) -> list[int] | None:
-        return list(value.shape) if isinstance(value, Tensor) else None
-
-    missing = [key for key in expected if key not in found]
-    unexpected = [key for key in found if key not in expected]
-    reshaped = [
-        f"{key}: {shape(found[key])} in the checkpoint, {shape(expected[key])} here"
-        for key in expected
-        if key in found and shape(found[key]) != shape(expected[key])
-    ]
-    if not (missing or unexpected or reshaped):
-        return
-
-    def listed(keys: list[str]) -> str:
-        more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
-        return "; ".join(keys[:3]) + more
-
-    kinds = [
-        (missing, "missing from it"),
-        (unexpected, "not in the model"),
-        (reshaped, "of another shape"),
-    ]
-    differ = ", ".join(f"{len(keys)} {what} ({listed(keys)})" for keys, what in kinds if keys)
-    version = avsac_lit.__version__
-    if written_by == version:
-        why = (
-            f"It was written by this version ({version}), so its weights and its config do not "
-            "belong together: the file was changed after it was written. Use another copy of "
-            "it, or another checkpoint of the run (its checkpoints/ holds the best and the last)."
-        )
-    else:
-        writer = (
-            f"It was written by avsac-lit {written_by}"
-            if written_by
-            else "It does not record the avsac-lit version that wrote it (0.7.1 or earlier)"
-        )
-        why = (
-            f"{writer}, and the weights of another version's model load only with that "
-            "version. Evaluate, predict with or resume it with the version that wrote it (pip "
-            "install avsac-lit==<version>, or the commit its run's metrics.json records), or "
-            "train the model again with this one."
-        )
-    raise CheckpointMismatchError(
-        f"Checkpoint {checkpoint} does not fit the model its config builds with avsac-lit "
-        f"{version}: its weights differ from the model's, {differ}. {why}"
-    )
-
-
 def protocol_metrics(num_classes: int) -> MetricCollection:
     """``miou`` and ``f`` as the protocol reports them; ``f_pooled`` (S4/MS3) is the
     batch-independent F, logged as a sanity check (docs/metrics.md)."""
@@ -190,7 +126,7 @@ class AVSLitModule(L.LightningModule):
             the audio share of the final feature is measured; each costs two more forward passes.
             ``None`` measures every batch, 0 none (docs/metrics.md, "Audio share").
         feature_cache: keeps the frozen encoders' outputs on disk, so that training and validation
-            compute them once per input (:mod:`avsac_lit.feature_cache`); ``None``: no cache.
+            compute them once per input (:mod:`avsac_lit.system.feature_cache`); ``None``: no cache.
         skip_unread_frames: training computes only the frames a loss term or a training metric
             reads (S4: the labelled first frame), where that changes nothing: the model treats
             frames independently (no BatchNorm in train mode) and no loss term reads the others
@@ -651,7 +587,7 @@ class AVSLitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         datamodule = getattr(self._trainer, "datamodule", None)
         checkpoint["avsac_lit"] = {
-            "version": avsac_lit.__version__,  # named when a later version cannot load it
+            "version": suite_version(),  # named when a later version cannot load it
             "config": self.run_config,
             "class_names": getattr(datamodule, "class_names", None),
             "random_state": random_state(),

@@ -1,5 +1,5 @@
 """Checksums on what the suite writes and reads back: checkpoints (this module) and the feature
-cache's entries (:mod:`avsac_lit.feature_cache`).
+cache's entries (:mod:`avsac_lit.system.feature_cache`).
 
 torch's checkpoint reader does not check the CRCs of its zip entries, so a flipped byte in a
 weight (a disk or copy fault) loads silently: eval then scores NaN weights as mIoU 0 and exits 0.
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from avsac_lit.atomic import atomic_path, fsync_file
+from avsac_lit.storage.atomic import atomic_path, fsync_file
 
 CHECKSUMS = "checksums"
 
@@ -125,7 +125,8 @@ def verify(checkpoint: dict, path: str | Path) -> None:
 
 def write_checkpoint(checkpoint: dict, path: str | Path, *, new: bool = False) -> None:
     """Seal ``checkpoint`` and write it whole or not at all (temporary name, flushed, renamed;
-    ``new=True``: never over an existing file, see :func:`~avsac_lit.atomic.atomic_path`)."""
+    ``new=True``: never over an existing file, see
+    :func:`~avsac_lit.storage.atomic.atomic_path`)."""
     seal(checkpoint)
     size = sum(tensor.numel() * tensor.element_size() for _, tensor in tensors(checkpoint))
     with atomic_path(path, size_hint=size, new=new) as partial:

@@ -29,9 +29,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from avsac_lit.atomic import disk_write_error
-from avsac_lit.resume import RunStopped, exit_stopped
-from avsac_lit.rundir import in_a_multirun
+from avsac_lit.run.job import in_a_multirun
+from avsac_lit.run.stop import RunStopped, exit_stopped
+from avsac_lit.storage.atomic import disk_write_error
 
 log = logging.getLogger(__name__)
 

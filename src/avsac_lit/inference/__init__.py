@@ -1,0 +1,3 @@
+"""Layer 7. A trained model outside Lightning (``trained``: ``load_trained``) and videos segmented
+with it (``video``, ``outputs``).
+"""
