@@ -34,7 +34,12 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from avsac_lit.checkpoints.io import checkpoint_config, read_checkpoint, training_identity
+from avsac_lit.checkpoints.io import (
+    existing_checkpoint,
+    read_checkpoint,
+    run_config,
+    training_identity,
+)
 from avsac_lit.run.stop import LAST
 from avsac_lit.storage.atomic import atomic_path
 
@@ -75,15 +80,14 @@ def save_fit_metrics(run_dir: str | Path, metrics: dict[str, float], global_step
         partial.write_text(json.dumps(record, indent=2) + "\n")
 
 
-def saved_fit_metrics(ckpt_path: str | Path) -> dict[str, float]:
+def saved_fit_metrics(ckpt_path: str | Path, checkpoint: dict) -> dict[str, float]:
     """The training metrics saved beside ``ckpt_path``'s run when it stopped while testing, if
-    that checkpoint is the one training ended with."""
+    that checkpoint (its contents: ``checkpoint``) is the one training ended with."""
     path = Path(ckpt_path).absolute().parent.parent / FIT_METRICS
     if not path.is_file():
         return {}
     record = json.loads(path.read_text())
-    step = read_checkpoint(Path(ckpt_path), mmap=True)["global_step"]
-    return record["metrics"] if record.get("global_step") == step else {}
+    return record["metrics"] if record.get("global_step") == checkpoint["global_step"] else {}
 
 
 def resume_point(cfg: DictConfig) -> ResumePoint:
@@ -110,9 +114,14 @@ def resume_point(cfg: DictConfig) -> ResumePoint:
         ckpt_path = str(own)
     elif ckpt_path is None:
         return ResumePoint()
-    check_resumable(cfg, ckpt_path)
+    checkpoint = read_checkpoint(Path(ckpt_path), mmap=True)  # read once, verified
+    check_resumable(cfg, ckpt_path, checkpoint)
     log.info("Resuming from %s", ckpt_path)
-    return ResumePoint(str(ckpt_path), csv_history(ckpt_path), saved_fit_metrics(ckpt_path))
+    return ResumePoint(
+        str(ckpt_path),
+        csv_history(ckpt_path, checkpoint),
+        saved_fit_metrics(ckpt_path, checkpoint),
+    )
 
 
 def same_file(path: Path, other: str | Path | None) -> bool:
@@ -122,11 +131,17 @@ def same_file(path: Path, other: str | Path | None) -> bool:
         return False
 
 
-def check_resumable(cfg: DictConfig, ckpt_path: str | Path) -> None:
-    """Resuming continues the same training: the checkpoint must be of this run's task and
-    model. A checkpoint of another task (S4 weights resumed on MS3) would otherwise continue
-    silently on the wrong data, and one of another model size fail in a wall of shape errors."""
-    saved = checkpoint_config(ckpt_path, to_build=False)  # the run builds from its own config
+def check_resumable(cfg: DictConfig, ckpt_path: str | Path, checkpoint: dict | None = None) -> None:
+    """Resuming continues the same training: the checkpoint (its contents: ``checkpoint``, read
+    here if not given) must be of this run's task and model. A checkpoint of another task (S4
+    weights resumed on MS3) would otherwise continue silently on the wrong data, and one of
+    another model size fail in a wall of shape errors."""
+    if checkpoint is None:
+        checkpoint = read_checkpoint(existing_checkpoint(ckpt_path), mmap=True)
+    stored = (checkpoint.get("avsac_lit") or {}).get("config")
+    # Only compared: the run builds from its own config, so the stored one's targets are not
+    # checked (a run of a user's own class resumes from its checkpoints).
+    saved = run_config(Path(ckpt_path), stored, None, to_build=False)
     wanted, found = training_identity(cfg), training_identity(saved)
     differences = [
         f"{key}: {found.get(key)!r} in the checkpoint, {value!r} in this run"
@@ -142,17 +157,17 @@ def check_resumable(cfg: DictConfig, ckpt_path: str | Path) -> None:
         )
 
 
-def csv_history(ckpt_path: str | Path) -> list[dict[str, float]]:
-    """The rows of ``csv/metrics.csv`` that the run which wrote ``ckpt_path`` logged up to that
-    checkpoint's epoch; read before a resumed run's CSV logger starts (which deletes the file
-    when the run resumes in its own directory). Rows of later epochs are left out: the resumed
-    run trains them again. A run stopped on a signal logs nothing after its checkpoint."""
+def csv_history(ckpt_path: str | Path, checkpoint: dict) -> list[dict[str, float]]:
+    """The rows of ``csv/metrics.csv`` that the run which wrote ``ckpt_path`` (its contents:
+    ``checkpoint``) logged up to that checkpoint's epoch; read before a resumed run's CSV logger
+    starts (which deletes the file when the run resumes in its own directory). Rows of later
+    epochs are left out: the resumed run trains them again. A run stopped on a signal logs
+    nothing after its checkpoint."""
     ckpt_path = Path(ckpt_path)
     # Not resolved: checkpoints/ may be a link to other storage, its run's csv/ is not there.
     table = ckpt_path.absolute().parent.parent / "csv" / "metrics.csv"
     if not table.is_file():
         return []
-    checkpoint = read_checkpoint(ckpt_path, mmap=True)
     epoch, step = checkpoint["epoch"], checkpoint["global_step"]
     with table.open(newline="") as file:
         rows = [
