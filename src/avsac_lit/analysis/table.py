@@ -22,6 +22,8 @@ class ReportError(RuntimeError):
 
 @dataclass
 class Cell:
+    """The values of one (row, column, metric) of the table, a run each."""
+
     values: list[float] = field(default_factory=list)
 
     @property
