@@ -16,8 +16,9 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from avsac_lit.analysis.table import ReportError
 from avsac_lit.data.manifest import reference_scores
-from avsac_lit.report import ReportError, main, report
+from avsac_lit.report import main, report
 from tests import commands
 from tests.helpers import CONF, TINY_RUN, compose_config
 
