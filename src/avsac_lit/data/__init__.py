@@ -17,25 +17,29 @@ key             shape / type           meaning
 
 T is 5 for S4 and MS3 and 10 for AVSS. H = W = ``img_size``.
 
-Build a dataset with :func:`build_dataset` or, for training, :class:`AVSDataModule`. The data
-module (a Lightning object) is imported when it is first asked for, so that the datasets and
-file readers load without Lightning.
+Build a dataset with :func:`build_dataset` or, for training, :class:`AVSDataModule`. The names
+below are imported when first asked for (PEP 562): a module of the package (``data.manifest``,
+``data.io``) loads without the datasets, and the datasets without the data module's Lightning.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from avsac_lit.data.avsbench import (
-    SPLITS,
-    TASKS,
-    AVSBenchDataset,
-    AVSSDataset,
-    DatasetLayoutError,
-    MS3Dataset,
-    S4Dataset,
-    build_dataset,
-)
+# Public name -> the module that defines it.
+_PUBLIC = {
+    "SPLITS": "avsac_lit.data.avsbench",
+    "TASKS": "avsac_lit.data.avsbench",
+    "AVSBenchDataset": "avsac_lit.data.avsbench",
+    "AVSSDataset": "avsac_lit.data.avsbench",
+    "DatasetLayoutError": "avsac_lit.data.avsbench",
+    "MS3Dataset": "avsac_lit.data.avsbench",
+    "S4Dataset": "avsac_lit.data.avsbench",
+    "build_dataset": "avsac_lit.data.avsbench",
+    # The configs name it as avsac_lit.data.AVSDataModule; Hydra finds it here.
+    "AVSDataModule": "avsac_lit.data.datamodule",
+}
 
 __all__ = [
     "SPLITS",
@@ -51,13 +55,22 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The configs name it as avsac_lit.data.AVSDataModule; Hydra finds it here.
-    if name == "AVSDataModule":
-        from avsac_lit.data.datamodule import AVSDataModule
-
-        return AVSDataModule
-    raise AttributeError(f"module 'avsac_lit.data' has no attribute {name!r}")
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'avsac_lit.data' has no attribute {name!r}")
+    value = getattr(import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
 
 
 if TYPE_CHECKING:
+    from avsac_lit.data.avsbench import (
+        SPLITS,
+        TASKS,
+        AVSBenchDataset,
+        AVSSDataset,
+        DatasetLayoutError,
+        MS3Dataset,
+        S4Dataset,
+        build_dataset,
+    )
     from avsac_lit.data.datamodule import AVSDataModule
