@@ -27,15 +27,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from avsac_lit.data.avsbench import (
-    SPLITS,
-    TASKS,
     AVSBenchDataset,
     AVSSDataset,
-    DatasetLayoutError,
     MS3Dataset,
     S4Dataset,
     build_dataset,
 )
+from avsac_lit.data.metadata import SPLITS, TASKS, DatasetLayoutError
 
 __all__ = [
     "SPLITS",

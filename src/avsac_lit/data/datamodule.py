@@ -9,16 +9,10 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
-from avsac_lit.data.avsbench import (
-    SPLITS,
-    TASKS,
-    AVSBenchDataset,
-    build_dataset,
-    check_not_another_task,
-    resolve_root,
-)
+from avsac_lit.data.avsbench import AVSBenchDataset, build_dataset
 from avsac_lit.data.conditions import AudioCondition, check_condition
 from avsac_lit.data.manifest import read_manifest
+from avsac_lit.data.metadata import SPLITS, TASKS, check_not_another_task, resolve_root
 from avsac_lit.data.samplers import EvalSampler, TrainSampler
 
 log = logging.getLogger(__name__)

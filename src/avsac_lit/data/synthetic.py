@@ -42,9 +42,9 @@ import torch
 from PIL import Image
 
 from avsac_lit.data.audio import SAMPLE_RATE, wav_to_examples, write_wav
-from avsac_lit.data.avsbench import METADATA_FILES, TASKS
 from avsac_lit.data.io import save_log_mel_pickle, voc_palette
 from avsac_lit.data.manifest import MANIFEST, read_manifest
+from avsac_lit.data.metadata import METADATA_FILES, TASKS
 from avsac_lit.metrics import AVSSFScore, AVSSMeanIoU, ProtocolFScore, ProtocolJaccard
 from avsac_lit.storage.atomic import atomic_path, megabytes, nearest_existing
 
