@@ -93,7 +93,7 @@ class AVSDataModule(L.LightningDataModule):
             return
         check_not_another_task(hp.task, hp.root)
         if not _has_synthetic_tree(hp.root, hp.task, hp.synthetic):
-            from avsac_lit.data.synthetic import check_generation
+            from avsac_lit.data.synthetic_settings import check_generation
 
             # Never generated over a user's data, nor at a size no machine holds.
             check_generation(task=hp.task, out=hp.root, **hp.synthetic)
@@ -152,7 +152,7 @@ class AVSDataModule(L.LightningDataModule):
         if hp.task != "avss":
             return 1
         if hp.synthetic is not None and not _has_synthetic_tree(hp.root, hp.task, hp.synthetic):
-            from avsac_lit.data.synthetic import CATEGORIES
+            from avsac_lit.data.scenes import CATEGORIES
 
             return len(CATEGORIES) + 1
         if not self.datasets:
