@@ -13,9 +13,9 @@ import torch
 
 from avsac_lit.data import AVSDataModule, DatasetLayoutError, build_dataset, check, precompute_audio
 from avsac_lit.data import logmel as logmel_module
-from avsac_lit.data.avsbench import LAYOUTS
 from avsac_lit.data.io import IMAGENET_MEAN, IMAGENET_STD, rgb_to_class_ids, voc_palette
-from avsac_lit.data.synthetic import make_clip
+from avsac_lit.data.metadata import LAYOUTS
+from avsac_lit.data.scenes import make_clip
 
 from .conftest import TINY_SIZE
 

@@ -18,19 +18,17 @@ from PIL import Image
 
 from avsac_lit.data.audio import read_wav
 from avsac_lit.export import export
+from avsac_lit.inference.outputs import NonFiniteError, OutputInUseError, write_predictions
 from avsac_lit.inference.trained import TrainedModel, load_trained
-from avsac_lit.predict import (
-    NonFiniteError,
-    OutputInUseError,
+from avsac_lit.inference.video import (
     VideoError,
     VideoReader,
     on_screen,
-    predict,
     timeline,
     window_examples,
     windows,
-    write_predictions,
 )
+from avsac_lit.predict import predict
 from avsac_lit.viz.draw import mask_palette, overlay
 from tests import commands
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avsac_lit.data.synthetic import CATEGORIES
+from avsac_lit.data.scenes import CATEGORIES
 from avsac_lit.models.backbone import TINY_PVT, VisualBackbone, tiny_pvt_weights
 from avsac_lit.models.weights import load_checkpoint_file
 from avsac_lit.pretrain import CategoryHead, category_frames, pixel_accuracy, pretrain, save

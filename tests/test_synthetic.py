@@ -13,7 +13,8 @@ import pytest
 
 from avsac_lit.data import synthetic
 from avsac_lit.data.audio import waveform_to_examples
-from avsac_lit.data.synthetic import CATEGORIES, SHAPES, generate, main, make_clip
+from avsac_lit.data.scenes import CATEGORIES, SHAPES, make_clip
+from avsac_lit.data.synthetic import generate, main
 
 SIZE = 64
 

@@ -37,7 +37,7 @@ from avsac_lit.checkpoints.official import (
     rename,
 )
 from avsac_lit.checkpoints.versions import suite_version
-from avsac_lit.data.avsbench import read_class_names
+from avsac_lit.data.metadata import read_class_names
 from avsac_lit.inference.trained import quiet
 from avsac_lit.run.assemble import CONFIG_PATH, build_module
 from avsac_lit.run.record import source_version

@@ -31,7 +31,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from avsac_lit.data.io import normalised_frame, resize_or_crop
-from avsac_lit.data.synthetic import CATEGORIES, make_clip
+from avsac_lit.data.scenes import CATEGORIES, make_clip
 from avsac_lit.models.backbone import TINY_PVT, VisualBackbone
 from avsac_lit.storage.atomic import atomic_path
 from avsac_lit.system.memory import keep_freed_memory

@@ -29,7 +29,7 @@ def encoder_files_needed(ckpt_path: str | Path, rebuilt: dict[str, str]):
     may also build the data (``avsac_lit.eval``), whose own missing files (a data root without
     the task's layout, :class:`DatasetLayoutError`) are the user's to fix as they say, not a
     reason to export the checkpoint."""
-    from avsac_lit.data.avsbench import DatasetLayoutError
+    from avsac_lit.data.metadata import DatasetLayoutError
 
     try:
         yield

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 # Public name -> the module that defines it.
 _PUBLIC = {
-    "SPLITS": "avsac_lit.data.avsbench",
-    "TASKS": "avsac_lit.data.avsbench",
+    "SPLITS": "avsac_lit.data.metadata",
+    "TASKS": "avsac_lit.data.metadata",
     "AVSBenchDataset": "avsac_lit.data.avsbench",
     "AVSSDataset": "avsac_lit.data.avsbench",
-    "DatasetLayoutError": "avsac_lit.data.avsbench",
+    "DatasetLayoutError": "avsac_lit.data.metadata",
     "MS3Dataset": "avsac_lit.data.avsbench",
     "S4Dataset": "avsac_lit.data.avsbench",
     "build_dataset": "avsac_lit.data.avsbench",
@@ -64,13 +64,11 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:
     from avsac_lit.data.avsbench import (
-        SPLITS,
-        TASKS,
         AVSBenchDataset,
         AVSSDataset,
-        DatasetLayoutError,
         MS3Dataset,
         S4Dataset,
         build_dataset,
     )
     from avsac_lit.data.datamodule import AVSDataModule
+    from avsac_lit.data.metadata import SPLITS, TASKS, DatasetLayoutError

@@ -23,14 +23,9 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 
 from avsac_lit.data.audio import LOG_OFFSET
-from avsac_lit.data.avsbench import (
-    SPLITS,
-    TASKS,
-    AVSBenchDataset,
-    DatasetLayoutError,
-    build_dataset,
-)
+from avsac_lit.data.avsbench import AVSBenchDataset, build_dataset
 from avsac_lit.data.manifest import read_manifest
+from avsac_lit.data.metadata import SPLITS, TASKS, DatasetLayoutError
 
 # The log-mel of digital silence: log(0 + 0.01) in every band of every frame.
 SILENT_LOG_MEL = float(np.float32(np.log(LOG_OFFSET)))

@@ -9,16 +9,10 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
-from avsac_lit.data.avsbench import (
-    SPLITS,
-    TASKS,
-    AVSBenchDataset,
-    build_dataset,
-    check_not_another_task,
-    resolve_root,
-)
+from avsac_lit.data.avsbench import AVSBenchDataset, build_dataset
 from avsac_lit.data.conditions import AudioCondition, check_condition
 from avsac_lit.data.manifest import read_manifest
+from avsac_lit.data.metadata import SPLITS, TASKS, check_not_another_task, resolve_root
 from avsac_lit.data.samplers import EvalSampler, TrainSampler
 
 log = logging.getLogger(__name__)
@@ -99,7 +93,7 @@ class AVSDataModule(L.LightningDataModule):
             return
         check_not_another_task(hp.task, hp.root)
         if not _has_synthetic_tree(hp.root, hp.task, hp.synthetic):
-            from avsac_lit.data.synthetic import check_generation
+            from avsac_lit.data.synthetic_settings import check_generation
 
             # Never generated over a user's data, nor at a size no machine holds.
             check_generation(task=hp.task, out=hp.root, **hp.synthetic)
@@ -158,7 +152,7 @@ class AVSDataModule(L.LightningDataModule):
         if hp.task != "avss":
             return 1
         if hp.synthetic is not None and not _has_synthetic_tree(hp.root, hp.task, hp.synthetic):
-            from avsac_lit.data.synthetic import CATEGORIES
+            from avsac_lit.data.scenes import CATEGORIES
 
             return len(CATEGORIES) + 1
         if not self.datasets:

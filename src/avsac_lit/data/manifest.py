@@ -2,9 +2,10 @@
 
 The generator writes it first (marked incomplete) and last (with the settings and reference
 scores), each time whole; the data module, ``data.check``, the listening table and the report read
-it. A manifest that is not a JSON object (cut short by a copy or a full disk, edited) is said to be
-damaged, with the file named: read as "no manifest", the generator would take the tree for a
-user's data, and the data module would fail on a bare ``JSONDecodeError``.
+it, and the generator tells its own trees by it (:func:`is_generated_tree`). A manifest that is
+not a JSON object (cut short by a copy or a full disk, edited) is said to be damaged, with the
+file named: read as "no manifest", the generator would take the tree for a user's data, and the
+data module would fail on a bare ``JSONDecodeError``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 from pathlib import Path
 
 MANIFEST = "manifest.json"
+# What the manifest of a tree the generator wrote names as its "generator".
+GENERATOR = "avsac_lit.data.synthetic"
 
 
 class DamagedManifestError(ValueError):
@@ -67,3 +70,14 @@ def reference_scores(root: str | Path, split: str = "test") -> dict[str, dict[st
         return {}
     splits = manifest.get("splits", {})
     return splits.get(split, {}).get("reference_scores", {})
+
+
+def is_generated_tree(root: Path) -> bool:
+    """Whether ``root`` holds a manifest the SynthAVS generator wrote (complete or not).
+
+    Raises:
+        DamagedManifestError: a manifest that is there but damaged: the tree may be a generated
+            one, or a user's data with a file of that name; the message says how to tell.
+    """
+    manifest = read_manifest(root) if root.is_dir() else None
+    return manifest is not None and manifest.get("generator") == GENERATOR

@@ -14,8 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from avsac_lit.data.avsbench import SPLITS, TASKS, DatasetLayoutError, build_dataset
+from avsac_lit.data.avsbench import build_dataset
 from avsac_lit.data.logmel import default_cache_dir
+from avsac_lit.data.metadata import SPLITS, TASKS, DatasetLayoutError
 
 
 def main(argv: list[str] | None = None) -> int:

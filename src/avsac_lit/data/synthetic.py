@@ -2,17 +2,12 @@
 
 ``python -m avsac_lit.data.synthetic --task {s4,ms3,avss} --out DIR [--videos N] [--seed S]``
 writes a tree in exactly the published layout of the task (``docs/data.md``), which the ordinary
-loaders then read. The task in words (``docs/synthetic.md`` has the details):
-
-* Ten object categories, each with its own look (shape and colour) and its own sound (a harmonic
-  tone at its own pitch, with its own harmonic recipe and amplitude-modulation rate).
-* Every frame shows 2-4 objects of different categories moving over a textured background. Only
-  the sounding ones are in the ground truth, so a predictor that segments everything it sees is
-  wrong wherever a visible object is silent, which is most frames.
-* S4 (and AVSS v1s): one sounding category per clip. MS3 (and AVSS v1m, v2): 1-3 sounding objects,
-  and which ones sound changes from second to second; frame k shows second k of the audio.
-* About 10% of seconds have only an off-screen sound (a category not in the picture) or silence,
-  so their ground truth is empty.
+loaders then read. The task in words, and how a clip is drawn and heard, is in
+:mod:`avsac_lit.data.scenes` (``docs/synthetic.md`` has the details); the settings, checked before
+anything is written, in :mod:`avsac_lit.data.synthetic_settings`. Here the tree is made: the clips
+planned (their splits, AVSS's v1s/v1m/v2 labels), drawn and written in the task's layout by worker
+processes or threads (each clip a function of its index, so the tree is the same for any count),
+the metadata CSV, and the manifest.
 
 The manifest (``manifest.json``) records the settings, the categories and, per split, the scores of
 two reference predictors under the protocol's metrics: "segment every visible object" (the best a
@@ -28,7 +23,6 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -42,290 +36,21 @@ import torch
 from PIL import Image
 
 from avsac_lit.data.audio import SAMPLE_RATE, wav_to_examples, write_wav
-from avsac_lit.data.avsbench import METADATA_FILES, TASKS
 from avsac_lit.data.io import save_log_mel_pickle, voc_palette
-from avsac_lit.data.manifest import MANIFEST, read_manifest
+from avsac_lit.data.manifest import GENERATOR, MANIFEST
+from avsac_lit.data.metadata import METADATA_FILES, TASKS
+from avsac_lit.data.scenes import CATEGORIES, SynthClip, make_clip
+from avsac_lit.data.synthetic_settings import DEFAULT_VIDEOS, check_generation, default_workers
 from avsac_lit.metrics import AVSSFScore, AVSSMeanIoU, ProtocolFScore, ProtocolJaccard
-from avsac_lit.storage.atomic import atomic_path, megabytes, nearest_existing
+from avsac_lit.storage.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
-GENERATOR = "avsac_lit.data.synthetic"
 GENERATOR_VERSION = 1
-DEFAULT_VIDEOS = {"s4": 300, "ms3": 300, "avss": 300}
-# The settings' ranges. At most 1024 px: AVSBench's frames are 224 px, and drawing one clip takes
-# about 260 bytes a pixel (a 10-frame AVSS clip at 1024 px: 0.4 GB a worker process). At most
-# 100 000 clips: AVSBench's largest task, AVSS, has about 12 000.
-SIZE_RANGE = (32, 1024)
-VIDEOS_RANGE = (3, 100_000)
-# Measured: the peak memory of drawing a clip, per pixel of a frame (make_clip: 256 for a 10-frame
-# AVSS clip, 201 for 5 frames); the bytes a tree takes on disk per pixel of a frame (PNG frames
-# and masks: 1.9-2.0; AVSS's JPEG frames and PNG labels: 0.3-0.6), rounded up, and per second of
-# audio (16-bit wav, 16 kHz) and per S4/MS3 log-mel pickle.
-DRAW_BYTES_PER_PIXEL = 260
-DISK_BYTES_PER_PIXEL = {"s4": 2.2, "ms3": 2.2, "avss": 0.6}
-WAV_BYTES_PER_SECOND = 2 * SAMPLE_RATE
-PICKLE_BYTES = 5 * 96 * 64 * 4 + 1024
-MEAN_FRAMES = {"s4": 5, "ms3": 5, "avss": 0.4 * 5 + 0.3 * 5 + 0.3 * 10}  # v1s, v1m, v2
 SPLIT_FRACTIONS = (("train", 0.7), ("val", 0.15), ("test", 0.15))
-EMPTY_SECOND_PROBABILITY = 0.1
 # Logit magnitude for scoring hard 0/1 predictions: sigmoid(20) rounds to 1 in float32 (and so
 # clears even the protocol's last F threshold of 1.0), sigmoid(-20) to ~2e-9.
 HARD_LOGIT = 20.0
-
-
-@dataclass(frozen=True)
-class Category:
-    """One kind of object: how it looks and how it sounds."""
-
-    name: str
-    shape: str
-    color: tuple[int, int, int]
-    pitch_hz: float
-    modulation_hz: float
-    harmonics: tuple[float, ...]  # amplitude of harmonic 1, 2, 3, ...
-
-
-# Pitches are about four semitones apart so that their harmonics fall in different mel bands;
-# modulation rates are shuffled against pitch so that neither cue alone orders the categories.
-CATEGORIES: tuple[Category, ...] = (
-    Category("red_disc", "disc", (220, 50, 47), 165.0, 3.0, (1.0, 0.5, 0.33, 0.25)),
-    Category("green_square", "square", (60, 170, 60), 220.0, 11.0, (1.0, 0.0, 0.33, 0.0, 0.2)),
-    Category("blue_triangle", "triangle", (38, 100, 210), 277.0, 6.0, (1.0, 0.8)),
-    Category("yellow_diamond", "diamond", (235, 200, 40), 349.0, 14.0, (1.0,)),
-    Category("magenta_ring", "ring", (205, 50, 170), 440.0, 2.0, (1.0, 0.3, 0.6)),
-    Category("cyan_cross", "cross", (40, 200, 210), 554.0, 8.0, (1.0, 0.6, 0.0, 0.4)),
-    Category("orange_star", "star", (245, 130, 30), 698.0, 4.0, (1.0, 0.25)),
-    Category("white_hexagon", "hexagon", (240, 240, 240), 880.0, 12.0, (1.0, 0.0, 0.5)),
-    Category("purple_bar", "bar", (130, 70, 200), 1109.0, 5.0, (1.0, 0.7, 0.5)),
-    Category("brown_crescent", "crescent", (140, 90, 45), 1397.0, 9.0, (1.0, 0.4)),
-)
-
-
-def _disc(x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
-    return x**2 + y**2 <= r**2
-
-
-def _triangle(x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
-    # Apex up (image y grows downwards); the three half-planes of an equilateral triangle.
-    root3 = np.sqrt(3.0)
-    return (y <= 0.5 * r) & (root3 * x - y <= r) & (-root3 * x - y <= r)
-
-
-def _star(x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
-    angle = np.arctan2(y, x)
-    return np.hypot(x, y) <= r * (0.62 + 0.38 * np.cos(5 * angle))
-
-
-def _hexagon(x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
-    ax, ay = np.abs(x), np.abs(y)
-    return (ay <= 0.866 * r) & (0.866 * ax + 0.5 * ay <= 0.866 * r)
-
-
-def _crescent(x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
-    return _disc(x, y, r) & ~_disc(x - 0.45 * r, y + 0.1 * r, 0.8 * r)
-
-
-SHAPES: dict[str, Callable[[np.ndarray, np.ndarray, float], np.ndarray]] = {
-    "disc": _disc,
-    "square": lambda x, y, r: np.maximum(np.abs(x), np.abs(y)) <= 0.8 * r,
-    "triangle": _triangle,
-    "diamond": lambda x, y, r: np.abs(x) + np.abs(y) <= r,
-    "ring": lambda x, y, r: (x**2 + y**2 <= r**2) & (x**2 + y**2 >= (0.55 * r) ** 2),
-    "cross": lambda x, y, r: (
-        ((np.abs(x) <= 0.3 * r) & (np.abs(y) <= r)) | ((np.abs(y) <= 0.3 * r) & (np.abs(x) <= r))
-    ),
-    "star": _star,
-    "hexagon": _hexagon,
-    "bar": lambda x, y, r: (np.abs(x) <= r) & (np.abs(y) <= 0.35 * r),
-    "crescent": _crescent,
-}
-
-
-@dataclass
-class SceneObject:
-    category: int
-    radius: float
-    position: np.ndarray  # (x, y) at frame 0, pixels
-    velocity: np.ndarray  # pixels per frame
-
-
-@dataclass
-class SynthClip:
-    """One generated clip in memory, before it is written in a task's layout."""
-
-    name: str
-    split: str
-    frames: np.ndarray  # uint8 [T, H, W, 3]
-    owner: np.ndarray  # int [T, H, W]: category index of the topmost object, -1 for background
-    sounding: list[list[int]]  # per second: categories heard (visible or not)
-    visible: list[int]
-    audio: np.ndarray  # float [T * SAMPLE_RATE]
-    label: str = ""  # AVSS: v1s, v1m or v2
-
-    @property
-    def num_frames(self) -> int:
-        return len(self.frames)
-
-    def sounding_visible(self, k: int) -> list[int]:
-        return [c for c in self.sounding[k] if c in self.visible]
-
-    def class_ids(self, k: int, *, sounding_only: bool) -> np.ndarray:
-        """Per-pixel class ids (category + 1, 0 = background) of frame k [H, W]."""
-        keep = self.sounding_visible(k) if sounding_only else self.visible
-        owner = self.owner[k]
-        return np.where(np.isin(owner, keep), owner + 1, 0)
-
-
-def _sounding_schedule(
-    rng: np.random.Generator, visible: list[int], seconds: int, multi_source: bool
-) -> list[list[int]]:
-    off_screen = [c for c in range(len(CATEGORIES)) if c not in visible]
-    single = [visible[0]]
-    schedule: list[list[int]] = []
-    previous: list[int] = []
-    for _ in range(seconds):
-        if rng.random() < EMPTY_SECOND_PROBABILITY:
-            # Only an off-screen sound, or silence: the ground truth of this frame is empty.
-            current = [int(rng.choice(off_screen))] if rng.random() < 0.5 else []
-        elif not multi_source:
-            current = single
-        else:
-            # At most all but one visible object sounds, so a silent object is always on screen.
-            most = min(3, len(visible) - 1)
-            for _attempt in range(10):
-                count = int(rng.integers(1, most + 1))
-                current = sorted(int(c) for c in rng.choice(visible, size=count, replace=False))
-                if current != previous:
-                    break
-        schedule.append(current)
-        previous = current
-    return schedule
-
-
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """A muted, textured background: oriented gratings plus smooth noise, float [H, W, 3]."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    base = rng.uniform(70, 150, size=3)
-    texture = np.zeros((height, width))
-    for _ in range(3):
-        angle, wavelength = rng.uniform(0, np.pi), rng.uniform(8, 40)
-        phase = rng.uniform(0, 2 * np.pi)
-        texture += np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / wavelength + phase)
-    coarse = rng.normal(size=(height // 16 + 2, width // 16 + 2))
-    smooth = np.asarray(
-        Image.fromarray(coarse.astype(np.float32)).resize((width, height), Image.BILINEAR)
-    )
-    tint = rng.uniform(-1, 1, size=3)
-    return base + 9 * texture[..., None] + 14 * smooth[..., None] * (0.6 + 0.4 * tint)
-
-
-def _place_objects(
-    rng: np.random.Generator, visible: list[int], height: int, width: int, num_frames: int
-) -> list[SceneObject]:
-    objects: list[SceneObject] = []
-    for category in visible:
-        radius = rng.uniform(0.09, 0.14) * height
-        for _attempt in range(100):
-            position = np.array(
-                [rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)]
-            )
-            if all(np.hypot(*(position - o.position)) >= radius + o.radius for o in objects):
-                break
-        # Slow enough that an object crosses at most about half the frame over the clip.
-        speed = rng.uniform(0.1, 0.5) * height / num_frames
-        direction = rng.uniform(0, 2 * np.pi)
-        velocity = speed * np.array([np.cos(direction), np.sin(direction)])
-        objects.append(SceneObject(category, radius, position, velocity))
-    return objects
-
-
-def _reflect(value: float, low: float, high: float) -> float:
-    span = high - low
-    folded = (value - low) % (2 * span)
-    return low + (folded if folded <= span else 2 * span - folded)
-
-
-def _render(
-    rng: np.random.Generator, objects: list[SceneObject], height: int, width: int, num_frames: int
-) -> tuple[np.ndarray, np.ndarray]:
-    background = _background(rng, height, width)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    colors = [np.array(CATEGORIES[o.category].color, dtype=np.float64) for o in objects]
-    colors = [np.clip(c + rng.uniform(-12, 12, size=3), 0, 255) for c in colors]
-    frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
-    owner = np.full((num_frames, height, width), -1, dtype=np.int64)
-    for k in range(num_frames):
-        image = background.copy()
-        for obj, color in zip(objects, colors, strict=True):  # list order is depth order
-            cx = _reflect(obj.position[0] + k * obj.velocity[0], obj.radius, width - obj.radius)
-            cy = _reflect(obj.position[1] + k * obj.velocity[1], obj.radius, height - obj.radius)
-            inside = SHAPES[CATEGORIES[obj.category].shape](x - cx, y - cy, obj.radius)
-            # A soft light from the top-left, so objects are not flat stickers.
-            shade = 1.0 + 0.12 * ((cx - x) + (cy - y)) / obj.radius
-            image[inside] = np.clip(color[None, :] * shade[inside][:, None], 0, 255)
-            owner[k][inside] = obj.category
-        noise = rng.normal(0, 3, size=image.shape)
-        frames[k] = np.clip(image + noise, 0, 255).round().astype(np.uint8)
-    return frames, owner
-
-
-def _tone(rng: np.random.Generator, category: Category, samples: int) -> np.ndarray:
-    t = np.arange(samples) / SAMPLE_RATE
-    pitch = category.pitch_hz * rng.uniform(0.98, 1.02)
-    wave = np.zeros(samples)
-    for order, amplitude in enumerate(category.harmonics, start=1):
-        if amplitude:
-            wave += amplitude * np.sin(2 * np.pi * order * pitch * t + rng.uniform(0, 2 * np.pi))
-    modulation = 0.6 + 0.4 * np.sin(2 * np.pi * category.modulation_hz * t + rng.uniform(0, 6.3))
-    return wave * modulation / np.abs(wave).max()
-
-
-def _envelope(active_seconds: list[bool]) -> np.ndarray:
-    """1 during the seconds a source sounds, with 20 ms linear ramps to avoid clicks."""
-    gate = np.repeat(np.asarray(active_seconds, dtype=np.float64), SAMPLE_RATE)
-    ramp = int(0.02 * SAMPLE_RATE)
-    # A centred moving average of the gate, via a cumulative sum (linear in the signal length).
-    padded = np.concatenate([np.zeros(ramp // 2 + 1), gate, np.zeros(ramp // 2)])
-    running = np.cumsum(padded)
-    return (running[ramp:] - running[:-ramp])[: len(gate)] / ramp
-
-
-def _mix(rng: np.random.Generator, schedule: list[list[int]]) -> np.ndarray:
-    seconds = len(schedule)
-    samples = seconds * SAMPLE_RATE
-    audio = rng.normal(0, 0.003, size=samples)
-    for category in sorted({c for second in schedule for c in second}):
-        active = [category in second for second in schedule]
-        gain = rng.uniform(0.5, 1.0)
-        audio += gain * _tone(rng, CATEGORIES[category], samples) * _envelope(active)
-    return audio * rng.uniform(0.5, 0.9) / max(np.abs(audio).max(), 1e-9)
-
-
-def make_clip(
-    seed: int, task: str, index: int, split: str, height: int, label: str = ""
-) -> SynthClip:
-    """Generate clip ``index`` of ``task``; the same arguments always give the same clip."""
-    rng = np.random.default_rng([seed, TASKS.index(task), index])
-    num_frames = 10 if label == "v2" else 5
-    width = round(height * 4 / 3) if task == "avss" else height
-    multi_source = task == "ms3" or label in ("v1m", "v2")
-    count = int(rng.integers(2, 5))
-    visible = [int(c) for c in rng.choice(len(CATEGORIES), size=count, replace=False)]
-    schedule = _sounding_schedule(rng, visible, num_frames, multi_source)
-    objects = _place_objects(rng, visible, height, width, num_frames)
-    rng.shuffle(objects)  # depth order independent of which object sounds
-    frames, owner = _render(rng, objects, height, width, num_frames)
-    return SynthClip(
-        name=f"synth{index:05d}",
-        split=split,
-        frames=frames,
-        owner=owner,
-        sounding=schedule,
-        visible=visible,
-        audio=_mix(rng, schedule),
-        label=label,
-    )
 
 
 def _assign_splits(rng: np.random.Generator, videos: int) -> list[str]:
@@ -541,18 +266,6 @@ def _write_metadata(task: str, out: Path, rows: list[list[str]]) -> None:
         (out / "label2idx.json").write_text(json.dumps(label_to_index, indent=2))
 
 
-def default_workers(videos: int, size: int) -> int:
-    """Processes for a tree: one per CPU this process may use (at most 8) on 4 or more CPUs, for
-    trees large enough to pay for starting them (about 2 s each, importing torch), else 1. On 2
-    cores the workers measured no gain (300 MS3 clips at 224 px: 24.6 s in one process, 25.3 s
-    with 2 workers: the clips' scored frames travel back to this process, which scores them);
-    there the clips are written by threads instead (:func:`write_threads`)."""
-    cpus = len(os.sched_getaffinity(0))
-    if cpus < 4 or videos * size * size < 64 * 224 * 224:
-        return 1
-    return min(8, cpus)
-
-
 def write_threads() -> int:
     """Threads that render and write clips in a process without worker processes: rendering
     (NumPy) and PNG encoding (zlib) release the GIL for most of a clip's time, so two threads
@@ -582,18 +295,21 @@ def generate(
         task: ``s4``, ``ms3`` or ``avss``.
         out: the tree's root (the equivalent of ``Single-source/``, ``Multi-sources/`` or
             ``AVSBench-semantic/``): a new or empty directory, or an earlier generation's tree
-            (its files are overwritten). Anything else is refused (:func:`check_output`): it
-            may be a user's real copy of AVSBench.
+            (its files are overwritten). Anything else is refused
+            (:func:`~avsac_lit.data.synthetic_settings.check_output`): it may be a user's real
+            copy of AVSBench.
         videos: number of clips over all splits (70/15/15 %); default 300, at most 100 000.
         seed: the whole tree is a function of (task, videos, seed, size).
         size: frame height in pixels, 32 to 1024 (AVSBench's frames are 224 x 224; AVSS ones
             are 4:3).
         workers: processes that render and write the clips (each clip is a function of its
-            index, so the tree is the same for any count); default :func:`default_workers`.
+            index, so the tree is the same for any count); default
+            :func:`~avsac_lit.data.synthetic_settings.default_workers`.
 
     Raises:
-        ValueError, FileExistsError: what :func:`check_generation` refuses; nothing is written
-            then.
+        ValueError, FileExistsError: what
+            :func:`~avsac_lit.data.synthetic_settings.check_generation` refuses; nothing is
+            written then.
     """
     check_generation(task, out, videos, seed, size, workers)
     out = Path(out)
@@ -673,135 +389,10 @@ def _summarise(task: str, written: Iterable[_WrittenClip]) -> tuple[list, dict, 
     return rows, stats, references.scores()
 
 
-def draw_bytes(task: str, size: int) -> int:
-    """About the memory one process takes to draw one clip of ``size`` px (its largest)."""
-    width = round(size * 4 / 3) if task == "avss" else size
-    return DRAW_BYTES_PER_PIXEL * size * width
-
-
-def tree_bytes(task: str, videos: int, size: int) -> int:
-    """About the disk a tree of ``videos`` clips at ``size`` px takes."""
-    width = round(size * 4 / 3) if task == "avss" else size
-    frames = MEAN_FRAMES[task]
-    pixels = frames * size * width * DISK_BYTES_PER_PIXEL[task]
-    audio = frames * WAV_BYTES_PER_SECOND + (0 if task == "avss" else PICKLE_BYTES)
-    return round(videos * (pixels + audio))
-
-
-def gigabytes(size: float) -> str:
-    """``size`` bytes in TB, GB or MB, whichever reads best."""
-    if size >= 2**40:
-        return f"{size / 2**40:.1f} TB"
-    return f"{size / 2**30:.1f} GB" if size >= 2**30 else megabytes(size)
-
-
-def check_generation(
-    task: str,
-    out: str | Path,
-    videos: int | None = None,
-    seed: int = 0,
-    size: int = 224,
-    workers: int | None = None,
-) -> None:
-    """Refuse, before anything is written, what :func:`generate` (same arguments) would fail on:
-    an unknown task, settings out of range (:func:`check_settings`), an ``out`` that may hold a
-    user's data (:func:`check_output`), a disk without room for the tree (:func:`check_disk`).
-    The data module calls it before a run builds its model."""
-    if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; expected one of {', '.join(TASKS)}.")
-    videos = DEFAULT_VIDEOS[task] if videos is None else videos
-    workers = default_workers(videos, size) if workers is None else workers
-    check_settings(task, videos, size, workers)
-    check_output(Path(out))
-    check_disk(task, Path(out), videos, size)
-
-
-def check_settings(task: str, videos: int, size: int, workers: int = 1) -> None:
-    """Refuse a size or a clip count outside the generator's ranges, saying what they would take
-    (``--size 100000`` would need terabytes of memory and disk, and failed on a 149 GiB
-    allocation)."""
-    setting = "--{0} (python -m avsac_lit.data.synthetic) and data.synthetic.{0} (a synthetic " \
-        "experiment)"  # fmt: skip
-    low, high = SIZE_RANGE
-    if not low <= size <= high:
-        memory = gigabytes(draw_bytes(task, max(size, 0)) * max(workers, 1))
-        disk = gigabytes(tree_bytes(task, videos, max(size, 0)))
-        raise ValueError(
-            f"{setting.format('size')} must be {low} to {high} px, got {size}: at {size} px the "
-            f"generator would need about {memory} of memory ({max(workers, 1)} process(es) "
-            f"drawing a clip each) and the tree about {disk} of disk ({videos} clips). "
-            "AVSBench's frames are 224 px."
-        )
-    low, high = VIDEOS_RANGE
-    if not low <= videos <= high:
-        disk = (
-            f" {videos} clips at {size} px would take about "
-            f"{gigabytes(tree_bytes(task, videos, size))} of disk."
-            if videos > high
-            else ""
-        )
-        raise ValueError(
-            f"{setting.format('videos')} must be {low} to {high} clips, got {videos}: at least "
-            f"one clip per split, and at most {high} (AVSBench's largest task, AVSS, has about "
-            f"12 000).{disk}"
-        )
-
-
-def check_disk(task: str, out: Path, videos: int, size: int) -> None:
-    """Refuse a tree the disk has no room for, before anything is written (an earlier tree in
-    ``out`` is written over, so its files count as room)."""
-    needed = tree_bytes(task, videos, size)
-    existing = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.is_dir() else 0
-    disk = nearest_existing(out)
-    free = shutil.disk_usage(disk).free
-    if free + existing < needed:
-        raise ValueError(
-            f"Not enough disk for SynthAVS-{task.upper()} in {out}: {videos} clips at {size} px "
-            f"take about {gigabytes(needed)}, and the disk of {disk} has {gigabytes(free)} free"
-            + (f" (and {gigabytes(existing)} in the tree written over)" if existing else "")
-            + ". Nothing was written. Free space there, write the tree elsewhere (--out DIR, "
-            "data.root=DIR), or make it smaller (--videos or data.synthetic.videos, --size or "
-            "data.synthetic.size)."
-        )
-
-
 def write_manifest(out: Path, manifest: dict) -> None:
+    """Write ``manifest`` into the tree ``out``, whole or not at all."""
     with atomic_path(out / MANIFEST) as partial:
         partial.write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-def is_generated_tree(root: Path) -> bool:
-    """Whether ``root`` holds a manifest this generator wrote (complete or not).
-
-    Raises:
-        DamagedManifestError: a manifest that is there but damaged: the tree may be a generated
-            one, or a user's data with a file of that name; the message says how to tell.
-    """
-    manifest = read_manifest(root) if root.is_dir() else None
-    return manifest is not None and manifest.get("generator") == GENERATOR
-
-
-def check_output(out: Path) -> None:
-    """The generator writes only into a new or empty directory, or over a tree it generated:
-    anywhere else it could overwrite a user's dataset (its metadata CSV, its frames)."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise FileExistsError(
-            f"Cannot generate SynthAVS into {out}: it is a file. Choose a new or empty "
-            "directory: data.root=DIR, or --out DIR for python -m avsac_lit.data.synthetic."
-        )
-    if is_generated_tree(out) or next(out.iterdir(), None) is None:
-        return
-    shown = ", ".join(sorted(p.name for p in out.iterdir())[:5])
-    raise FileExistsError(
-        f"Refusing to generate SynthAVS into {out}: it is not empty ({shown}, ...) and holds no "
-        f"{MANIFEST} written by the generator, so it may be a real dataset, whose files the "
-        "synthetic ones would overwrite. Nothing was written. Choose a new or empty directory: "
-        "data.root=DIR (the synthetic experiments), or --out DIR for python -m "
-        "avsac_lit.data.synthetic; to train on this directory's data, use the task's real "
-        "experiment (+experiment=ms3 data.root=...)."
-    )
 
 
 def main(argv: list[str] | None = None) -> None:

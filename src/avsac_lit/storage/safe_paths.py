@@ -4,7 +4,7 @@ A dataset's metadata names its clips, and those names become folders and files: 
 the validation overlays and the log-mel cache written. A name that is absolute or holds ``..``
 would lead outside the dataset's root or the run directory, so every name from data is checked
 to be one plain path component before it is joined to a directory (:func:`inside`), and the
-metadata reader refuses such names, with the row, when it reads them (``data/avsbench.py``).
+metadata reader refuses such names, with the row, when it reads them (``data/metadata.py``).
 """
 
 from __future__ import annotations
