@@ -135,11 +135,15 @@ class AVSLitModule(L.LightningModule):
         # In the checkpoint, so that a resumed run (and a sweeper reading val/miou_best) keeps the
         # best score reached before the interruption.
         self.val_miou_best.persistent(True)
+        # The bookkeeping over the metric objects above, which stay registered here: their
+        # state-dict keys are the module's.
         self.scores = StageMetrics(
             self.metrics, self.audio_share, num_classes=num_classes,
             eval_padding_frames=eval_padding_frames, audio_share_batches=audio_share_batches,
         )  # fmt: skip
-        self.finiteness = EvalFiniteness()
+        self.finiteness = EvalFiniteness()  # of the validation and test batches
+        # What the encoders are as built from the config: a checkpoint leaves out those that
+        # still match, and its loading rebuilds them.
         self.built_encoders = BuiltEncoders.of(self)
         keep_freed_memory()  # every command builds a module: train, eval, predict, bench
         # The resolved run config, saved into every checkpoint (``build_run`` sets it), so that a
@@ -205,7 +209,7 @@ class AVSLitModule(L.LightningModule):
         names = list(batch["name"])
         batch = frames_to_compute(batch, self.net, self.criterion, self.hparams.skip_unread_frames)
         outputs, losses = self.model_step(batch)
-        check_training_loss(self.trainer, losses, names)  # before it is logged
+        check_training_loss(self.trainer, losses, names)  # all processes, before it is logged
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach(), prog_bar=name == "loss",
                      batch_size=clips)  # fmt: skip
