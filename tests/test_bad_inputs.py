@@ -11,11 +11,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from avsac_lit.checkpoints.encoders import restore_built_encoders
 from avsac_lit.data import build_dataset
 from avsac_lit.data.io import load_log_mel_pickle, save_log_mel_pickle
 from avsac_lit.models.losses import AVSCriterion
 from avsac_lit.run.assemble import build_module
-from avsac_lit.system.module import NonFiniteError
+from avsac_lit.system.guards import NonFiniteError, NonFiniteGuard
+from avsac_lit.system.module import AVSLitModule
 from avsac_lit.train import train
 from tests.helpers import tiny_run
 
@@ -85,6 +87,36 @@ def test_a_non_finite_gradient_of_a_finite_loss_stops_training(synth_trees, tmp_
     assert "no checkpoint had been written yet" in str(raised.value)
 
 
+@pytest.mark.parametrize("bad", ["loss", "gradient"])
+def test_a_debug_run_without_callbacks_still_stops_on_non_finite_numbers(
+    bad, synth_trees, tmp_path, monkeypatch
+):
+    """``+debug=...`` sets ``callbacks: null``: the guards are not config callbacks, so a debug
+    run keeps them."""
+    if bad == "loss":
+        original = AVSCriterion.forward
+
+        def nan_loss(self, outputs, batch):
+            losses = original(self, outputs, batch)
+            losses["loss"] = losses["loss"] * float("nan")
+            return losses
+
+        monkeypatch.setattr(AVSCriterion, "forward", nan_loss)
+    else:
+        # Put there after backward: anomaly detection, on in debug runs, stops a NaN that a
+        # backward function makes before the guard sees it.
+        def nan_gradient(self):
+            parameter = next(p for p in self.net.parameters() if p.grad is not None)
+            parameter.grad.view(-1)[0] = float("nan")
+
+        monkeypatch.setattr(AVSLitModule, "on_after_backward", nan_gradient)
+    cfg = tiny_run("ms3", synth_trees["ms3"], tmp_path, ["+debug=fdr", "test=false"])
+    assert cfg.callbacks is None
+    what = "the training loss is" if bad == "loss" else r"the gradient of net\..* is"
+    with pytest.raises(NonFiniteError, match=rf"epoch 0, step 0: {what} not finite"):
+        train(cfg)
+
+
 def test_the_gradient_check_names_non_finite_gradients_and_passes_huge_finite_ones(trained_runs):
     """The one-kernel check (the gradients' norms) overflows on huge finite values: the exact
     check then decides, and lets them through; a NaN or infinity anywhere is named."""
@@ -94,17 +126,18 @@ def test_the_gradient_check_names_non_finite_gradients_and_passes_huge_finite_on
         parameter.grad = torch.zeros_like(parameter) if parameter.requires_grad else None
     first, second = (f"net.head.{name}" for name in list(head)[:2])
     head[first.removeprefix("net.head.")].grad.fill_(1e30)  # its norm: inf in float32
-    module.on_before_optimizer_step(optimizer=None)
+    guard = NonFiniteGuard()
+    guard.on_before_optimizer_step(None, module, optimizer=None)
     for value, name in ((float("nan"), second), (float("inf"), second)):
         head[name.removeprefix("net.head.")].grad.view(-1)[0] = value
         with pytest.raises(NonFiniteError, match=rf"the gradient of {name} is not finite"):
-            module.on_before_optimizer_step(optimizer=None)
+            guard.on_before_optimizer_step(None, module, optimizer=None)
 
 
 def test_a_checkpoint_with_non_finite_weights_is_never_written(trained_runs):
     module = build_module(OmegaConf.load(trained_runs / "0" / "config.yaml"))
     saved = torch.load(trained_runs / "0" / "checkpoints" / "last.ckpt", weights_only=True)
-    module.restore_built_encoders(saved)  # the frozen VGGish, left out of the file
+    restore_built_encoders(module, saved)  # the frozen VGGish, left out of the file
     module.load_state_dict(saved["state_dict"])
     module.on_save_checkpoint({"state_dict": module.state_dict()})  # finite: accepted
     with torch.no_grad():

@@ -18,6 +18,7 @@ from avsac_lit.models.backbone import VisualBackbone
 from avsac_lit.models.losses import AVSCriterion
 from avsac_lit.models.vggish import AudioEncoder
 from avsac_lit.system.feature_cache import EncoderFeatureCache
+from avsac_lit.system.frames import frames_to_compute
 from avsac_lit.system.module import AVSLitModule
 from avsac_lit.train import train
 from tests.helpers import tiny_run
@@ -91,8 +92,14 @@ def loss_and_gradients(module: AVSLitModule, batch: dict) -> tuple[dict, dict]:
     return {k: v.detach() for k, v in losses.items()}, gradients
 
 
+def computed(module: AVSLitModule, batch: dict) -> dict:
+    """The batch as the module's training step computes it."""
+    skip = module.hparams.skip_unread_frames
+    return frames_to_compute(batch, module.net, module.criterion, skip)
+
+
 def frames_seen(module: AVSLitModule, batch: dict) -> tuple[int, ...]:
-    return tuple(module.frames_to_compute(batch)["frames"].shape[:2])
+    return tuple(computed(module, batch)["frames"].shape[:2])
 
 
 def in_float64(module: AVSLitModule, batch: dict) -> tuple[AVSLitModule, dict]:
@@ -108,7 +115,7 @@ def test_s4_training_computes_only_the_labelled_frame_with_the_same_loss_and_gra
     batch = s4_train_batch()
     assert frames_seen(module, batch) == (3, 1)
     full_losses, _ = loss_and_gradients(module, batch)
-    losses, _ = loss_and_gradients(module, module.frames_to_compute(batch))
+    losses, _ = loss_and_gradients(module, computed(module, batch))
     assert full_losses.keys() == losses.keys() == {"seg", "mix", "loss"}
     for name, value in full_losses.items():  # float32
         assert losses[name].item() == pytest.approx(value.item(), abs=1e-6), name
@@ -116,7 +123,7 @@ def test_s4_training_computes_only_the_labelled_frame_with_the_same_loss_and_gra
     # (float32 rounds the two batch shapes' sums differently, by up to 1% of tiny gradients).
     module, batch = in_float64(module, batch)
     _, full_gradients = loss_and_gradients(module, batch)
-    _, gradients = loss_and_gradients(module, module.frames_to_compute(batch))
+    _, gradients = loss_and_gradients(module, computed(module, batch))
     assert full_gradients.keys() == gradients.keys()
     for name, gradient in full_gradients.items():
         torch.testing.assert_close(gradients[name], gradient, atol=1e-12, rtol=1e-9, msg=name)
@@ -139,7 +146,7 @@ def test_clips_with_unequal_labelled_frames_become_one_frame_clips():
     batch = s4_train_batch()
     batch["mask_valid"][1, 2:4] = True  # clip 1 has 3 labelled frames, the others 1
     module = small_module()
-    selected = module.frames_to_compute(batch)
+    selected = computed(module, batch)
     assert selected["frames"].shape[:2] == (5, 1)
     assert selected["name"] == ["clip0", "clip1", "clip1", "clip1", "clip2"]
     assert torch.equal(selected["frames"][2, 0], batch["frames"][1, 2])

@@ -456,7 +456,7 @@ def test_the_module_reports_each_score_from_its_own_states():
     """The module's collection must not merge the Jaccard and F means when a first batch scores
     the same on both (1 and 1 for a perfect prediction): torchmetrics would then report one
     score under both names for the rest of the run."""
-    from avsac_lit.system.module import protocol_metrics
+    from avsac_lit.system.stage_metrics import protocol_metrics
 
     generator = torch.Generator().manual_seed(4)
     target = (torch.rand(2, 8, 8, generator=generator) > 0.5).float()

@@ -62,15 +62,15 @@ def test_frozen_encoders_stay_in_eval_mode_in_train_mode():
 
 
 def test_avss_scoring_adds_padding_frames_only_when_asked():
-    module = small_module(num_classes=3)
+    scores = small_module(num_classes=3).scores
     batch = {
         "mask_valid": torch.tensor([[True, True, False, False]]),
         "frame_valid": torch.tensor([[True, True, False, False]]),
     }
-    assert module.scored_frames(batch, "val").tolist() == [[True, True, True, True]]
-    assert module.scored_frames(batch, "train").tolist() == [[True, True, False, False]]
-    module.hparams.eval_padding_frames = False
-    assert module.scored_frames(batch, "test").tolist() == [[True, True, False, False]]
+    assert scores.scored_frames(batch, "val").tolist() == [[True, True, True, True]]
+    assert scores.scored_frames(batch, "train").tolist() == [[True, True, False, False]]
+    scores.eval_padding_frames = False
+    assert scores.scored_frames(batch, "test").tolist() == [[True, True, False, False]]
 
 
 def test_warmup_ramps_the_scheduled_rate_without_changing_it():

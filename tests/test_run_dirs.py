@@ -36,7 +36,7 @@ from avsac_lit.run.lock import (
 from avsac_lit.run.record import write_metrics
 from avsac_lit.run.resume import csv_history, resume_point
 from avsac_lit.storage.atomic import OutputExists, atomic_path
-from avsac_lit.system.module import NonFiniteError
+from avsac_lit.system.guards import NonFiniteError
 from avsac_lit.train import train
 from tests import commands
 from tests.helpers import CONF, TINY_RUN, eval_run, tiny_run

@@ -21,8 +21,10 @@ from avsac_lit.checkpoints.versions import upgraded
 from avsac_lit.eval import evaluate
 from avsac_lit.eval import main as eval_main
 from avsac_lit.models.avsac import AVSAC
-from avsac_lit.run.assemble import build_module
+from avsac_lit.run.assemble import build_module, build_run
+from avsac_lit.run.exact_state import ExactResume
 from avsac_lit.run.loggers import wandb_offline_unless_reachable
+from avsac_lit.system.guards import NonFiniteGuard
 from avsac_lit.system.module import MONITOR, AVSLitModule
 from avsac_lit.train import main as train_main
 from avsac_lit.train import train
@@ -85,6 +87,15 @@ def test_debug_config_appended_after_the_experiment_wins(tmp_path):
     assert cfg.trainer.fast_dev_run is True
     assert cfg.logger is None and cfg.callbacks is None
     assert cfg.data.num_workers == 0
+
+
+def test_a_debug_run_keeps_the_callbacks_every_run_needs(synth_trees, tmp_path):
+    """``+debug=...`` sets ``callbacks: null``; the non-finite guard and the exact resume are not
+    config callbacks, so a debug run has them too."""
+    cfg = tiny_run("ms3", synth_trees["ms3"], tmp_path, ["+debug=fdr"])
+    assert cfg.callbacks is None
+    _, _, trainer = build_run(cfg, callbacks=cfg.get("callbacks"))
+    assert {NonFiniteGuard, ExactResume} <= {type(callback) for callback in trainer.callbacks}
 
 
 def test_missing_avsbench_stops_with_the_download_hint(tmp_path, monkeypatch):

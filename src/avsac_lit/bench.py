@@ -42,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from avsac_lit.run.assemble import CONFIG_PATH
 from avsac_lit.run.wrapper import refusals_in_one_line
 from avsac_lit.storage.atomic import atomic_path
+from avsac_lit.system.frames import frames_to_compute
 from avsac_lit.system.module import AVSLitModule
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,12 @@ class Stepper:
             if cache is not None:
                 cache.outputs = original
 
+    def frames_to_compute(self) -> dict:
+        """The batch with the frames the module's training step computes."""
+        module = self.module
+        skip = module.hparams.skip_unread_frames
+        return frames_to_compute(self.batch, module.net, module.criterion, skip)
+
     def step(self, record: bool = True) -> None:
         """One training step (the module's frame selection, forward, loss, backward, optimiser)."""
         spent = dict.fromkeys(PARTS, 0.0)
@@ -198,7 +205,7 @@ class Stepper:
         self.sync()
         start = time.perf_counter()
         with self.timed_modules(spent):
-            batch = self.module.frames_to_compute(self.batch)
+            batch = self.frames_to_compute()
             with self.autocast():
                 outputs = self.module.cached_forward(
                     batch["frames"], batch["audio"], batch["frame_valid"]
@@ -239,7 +246,7 @@ class Stepper:
         elementwise and not counted)."""
         counter = FlopCounterMode(display=False)
         with counter:
-            batch = self.module.frames_to_compute(self.batch)
+            batch = self.frames_to_compute()
             with self.autocast():
                 outputs = self.module.cached_forward(
                     batch["frames"], batch["audio"], batch["frame_valid"]

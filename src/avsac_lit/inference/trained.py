@@ -15,7 +15,7 @@ from omegaconf import DictConfig, open_dict
 from PIL import Image
 from torch import Tensor, nn
 
-from avsac_lit.checkpoints.encoders import encoder_files_needed
+from avsac_lit.checkpoints.encoders import encoder_files_needed, restore_built_encoders
 from avsac_lit.checkpoints.io import (
     check_classes,
     existing_checkpoint,
@@ -146,7 +146,7 @@ def module_with_encoders(ckpt_path: Path, checkpoint: dict, cfg: DictConfig) -> 
             cfg.model.net = without_weight_files(cfg.model.net)
     with quiet("avsac_lit"), encoder_files_needed(ckpt_path, rebuilt):  # weights come next
         module = build_module(cfg)
-    module.restore_built_encoders(checkpoint)
+    restore_built_encoders(module, checkpoint)
     return module
 
 

@@ -25,10 +25,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from avsac_lit.data import AVSDataModule, DatasetLayoutError
 from avsac_lit.models.counting import parameter_counts
+from avsac_lit.run.exact_state import ExactResume
 from avsac_lit.run.job import another_disk_setting, in_a_multirun, rerun_hint
 from avsac_lit.run.loggers import wandb_offline_unless_reachable
 from avsac_lit.run.settings import check_number_settings, check_trainer_settings
 from avsac_lit.storage.atomic import RunWaysOn, atomic_path, note_run_directory
+from avsac_lit.system.guards import NonFiniteGuard
 from avsac_lit.system.module import AVSLitModule
 
 log = logging.getLogger(__name__)
@@ -128,8 +130,8 @@ def build_run(
     extra_callbacks: Sequence[L.Callback] = (),
 ) -> tuple[AVSDataModule, AVSLitModule, L.Trainer]:
     """Seed, then build the data, the module (with the data's number of classes), the loggers
-    and the trainer (with ``callbacks`` from the config and ``extra_callbacks``); save the
-    resolved config and log it once."""
+    and the trainer (with ``callbacks`` from the config, ``extra_callbacks`` and the callbacks
+    every run needs: :func:`safety_callbacks`); save the resolved config and log it once."""
     check_trainer_settings(cfg.trainer)
     check_number_settings(cfg)
     wandb_offline_unless_reachable(cfg)  # before config.yaml records the logger's mode
@@ -142,7 +144,11 @@ def build_run(
     save_resolved_config(cfg)
     module = build_module(cfg)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
-    built_callbacks = [*instantiate_group(callbacks, "callback"), *extra_callbacks]
+    built_callbacks = [
+        *instantiate_group(callbacks, "callback"),
+        *extra_callbacks,
+        *safety_callbacks(),
+    ]
     loggers = instantiate_group(cfg.get("logger"), "logger")
     if not loggers and any(isinstance(c, LearningRateMonitor) for c in built_callbacks):
         log.warning("No logger: the learning-rate monitor is left out.")
@@ -156,6 +162,14 @@ def build_run(
     module = trainer.precision_plugin.convert_module(module)
     log_hyperparameters(cfg, module, trainer)
     return datamodule, module, trainer
+
+
+def safety_callbacks() -> list[L.Callback]:
+    """The callbacks every run gets, whatever its ``callbacks`` config says (``+debug=...`` sets
+    it to null): the gradients' non-finite guard, and the random state a resumed run continues
+    from. After the others, where the module's hooks that they replace ran: Lightning calls the
+    callbacks' hooks in order (checkpoint callbacks moved last), then the module's."""
+    return [NonFiniteGuard(), ExactResume()]
 
 
 def note_run(output_dir: str | Path) -> None:

@@ -10,10 +10,11 @@ checkpoint never starts from it again over its own progress. A directory whose r
 The continuation is exact because the checkpoint holds, besides the weights, optimiser,
 scheduler and loop counters that Lightning saves:
 
-* the random state (``AVSLitModule.on_save_checkpoint``), restored before the next batch;
+* the random state (:class:`avsac_lit.run.exact_state.ExactResume`), restored before the next
+  batch;
 * the best checkpoints' scores (``callbacks.ResumableCheckpoint``), carried into a new directory;
 * the partial sums of an interrupted epoch's training metrics, per process
-  (``AVSLitModule.on_save_checkpoint``);
+  (``AVSLitModule.on_save_checkpoint``, through ``system.stage_metrics.StageMetrics``);
 
 and because the training order is a function of the seed and the epoch only
 (``data.samplers.TrainSampler``): an epoch interrupted after k batches continues with batch k+1
