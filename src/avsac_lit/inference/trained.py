@@ -24,10 +24,10 @@ from avsac_lit.checkpoints.io import (
     run_config,
     without_weight_files,
 )
+from avsac_lit.checkpoints.versions import check_weights_fit
 from avsac_lit.data.avsbench import DATASETS
 from avsac_lit.data.io import normalised_frame, resize_or_crop
 from avsac_lit.run.assemble import build_module
-from avsac_lit.system.module import check_weights_fit
 
 AVSBENCH_FRAME_SIZE = 224  # S4/MS3 frames were stored resized to 224 x 224 by the preprocessing
 
