@@ -44,7 +44,7 @@ def test_override_names_reach_the_built_modules():
     assert isinstance(net, AVSAC)
     assert net.bavd.bridge == "audio_to_vision"
     assert len(net.bavd.agv_layers) == 2
-    assert not net.bavd.agv_layers[0].agca
+    assert net.bavd.agv_layers[0].agca == "none"
     assert net.num_classes == 3
     assert isinstance(criterion, AVSCriterion)
     assert (criterion.sync, criterion.seg, criterion.num_classes) == ("framewise_l2", "dice", 3)

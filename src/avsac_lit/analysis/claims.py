@@ -9,7 +9,13 @@ import itertools
 from dataclasses import dataclass, field
 
 from avsac_lit.analysis.paired import UNRESOLVED, PairedDifference, paired_difference, verdict
-from avsac_lit.analysis.quantities import LISTENING_GAP, PAIRED_ONLY, PAPER_METRICS, label_of
+from avsac_lit.analysis.quantities import (
+    LISTENING_GAP,
+    PAIRED_ONLY,
+    PAPER_METRICS,
+    label_of,
+    scale,
+)
 from avsac_lit.analysis.runs import Run
 from avsac_lit.analysis.table import Table
 from avsac_lit.analysis.versions import numbered, version_mix
@@ -121,13 +127,14 @@ def claims_section(table: Table, found: list[Comparison]) -> list[str]:
     others = [c for c in found if c.paper_difference is None]
     if others:
         text += [
-            "Without a paper value (how much each row listens):",
+            "Without a paper value (how much each row listens, and the scores of rows the paper "
+            "does not give):",
             "",
             f"| row | column | quantity | {ours} - row | 95 % CI | n |",
             "|---|---|---|---|---|---|",
         ]
         for c in others:
-            digits = 2 if c.metric == LISTENING_GAP else 3
+            digits = 2 if c.metric == LISTENING_GAP or scale(c.metric) != 1.0 else 3
             text.append(
                 f"| {c.row} | {c.column} | {label_of(c.metric)} | "
                 f"{c.difference.mean:+.{digits}f}{mark(c)} | {interval(c.difference, digits)} | "

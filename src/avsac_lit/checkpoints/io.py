@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from avsac_lit.checkpoints.trust import trusted_config
-from avsac_lit.checkpoints.versions import upgraded
+from avsac_lit.checkpoints.versions import renamed_value, upgraded
 from avsac_lit.storage.checksums import verify
 
 
@@ -126,7 +126,8 @@ def without_weight_files(net_config: DictConfig) -> DictConfig:
 
 def training_identity(cfg: DictConfig) -> dict:
     """What a resumed run must share with its checkpoint: the task and the model, flattened to
-    dotted keys; weight-file paths excluded (the checkpoint holds the weights)."""
+    dotted keys, renamed values by today's names (``true`` and ``cross_attention`` are one AGCA);
+    weight-file paths excluded (the checkpoint holds the weights)."""
     net = OmegaConf.to_container(without_weight_files(cfg.model.net), resolve=True)
     identity = {"data.task": cfg.data.task, "model.name": cfg.model.name}
 
@@ -135,7 +136,7 @@ def training_identity(cfg: DictConfig) -> dict:
             for key, value in node.items():
                 flatten(f"{prefix}.{key}", value)
         else:
-            identity[prefix] = node
+            identity[prefix] = renamed_value(prefix, node)
 
     flatten("model.net", net)
     return identity

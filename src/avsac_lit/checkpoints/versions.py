@@ -4,7 +4,8 @@ A checkpoint records the avsac-lit version that wrote it (``checkpoint["avsac_li
 from 0.8.0) and carries its run's config, whose ``_target_``s name the classes of that version's
 layout. :func:`upgraded` reads older configs in today's layout: version 0.1's (the BAVD under
 ``model.bavd``) and 0.7's flat package (``avsac_lit.module.AVSLitModule``, ... :data:`MOVED`), so
-their checkpoints and run directories still evaluate, predict and resume. Weights that do not fit
+their checkpoints and run directories still evaluate, predict and resume; settings whose values
+were renamed since take today's names (:data:`RENAMED_VALUES`). Weights that do not fit
 the model a config builds are named key by key (:func:`check_weights_fit`).
 """
 
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor
 
 from avsac_lit.conf import CONFIG_DIR
+from avsac_lit.models.bavd import AGCA_BEFORE
 
 PACKAGE = "avsac-lit"
 
@@ -35,6 +37,16 @@ MOVED = {
     "avsac_lit.callbacks.FirstStepRecorder": "avsac_lit.run.callbacks.FirstStepRecorder",
     "avsac_lit.callbacks.AtomicCheckpointIO": "avsac_lit.checkpoints.writer.AtomicCheckpointIO",
 }
+
+# Settings whose values were renamed after 0.9.0: {dotted key: {the value written then: today's}}.
+# The values written then are booleans.
+RENAMED_VALUES = {"model.net.agca": AGCA_BEFORE}
+
+
+def renamed_value(key: str, value: object) -> object:
+    """``value`` of the setting ``key`` (dotted) by today's name (:data:`RENAMED_VALUES`)."""
+    names = RENAMED_VALUES.get(key, {})
+    return names[value] if isinstance(value, bool) and value in names else value
 
 
 def suite_version() -> str:
@@ -59,22 +71,26 @@ def moved_targets(tree: object) -> object:
 def upgraded(cfg: DictConfig) -> DictConfig:
     """A run config of version 0.1's layout (the BAVD under ``model.bavd``, the width as
     ``model.dim``, the module assembled by hand) in today's: ``model`` instantiates the
-    LightningModule, the BAVD's settings are the net's. Today's configs pass unchanged."""
+    LightningModule, the BAVD's settings are the net's; and every value of
+    :data:`RENAMED_VALUES` by today's name. Today's configs pass unchanged."""
     model = cfg.model
-    if "_target_" in model:
-        return cfg
-    current = OmegaConf.load(CONFIG_DIR / "model" / f"{model.name}.yaml")
-    with open_dict(cfg):
-        bavd = model.net.pop("bavd", None)
-        if bavd is not None:
-            model.net.decoder_layers = bavd.num_layers
-            for key in ("bridge", "agca", "vga_ffn", "heads", "hidden_dim", "dropout"):
-                model.net[key] = bavd[key]
-        for stale in ("bavd", "dim"):
-            model.pop(stale, None)
-        for key, value in current.items():
-            if key not in model:
-                model[key] = value
+    if "_target_" not in model:
+        current = OmegaConf.load(CONFIG_DIR / "model" / f"{model.name}.yaml")
+        with open_dict(cfg):
+            bavd = model.net.pop("bavd", None)
+            if bavd is not None:
+                model.net.decoder_layers = bavd.num_layers
+                for key in ("bridge", "agca", "vga_ffn", "heads", "hidden_dim", "dropout"):
+                    model.net[key] = bavd[key]
+            for stale in ("bavd", "dim"):
+                model.pop(stale, None)
+            for key, value in current.items():
+                if key not in model:
+                    model[key] = value
+    for key in RENAMED_VALUES:
+        value = OmegaConf.select(cfg, key)
+        if renamed_value(key, value) is not value:
+            OmegaConf.update(cfg, key, renamed_value(key, value))
     return cfg
 
 

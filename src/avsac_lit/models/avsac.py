@@ -12,7 +12,7 @@ from torch import Tensor
 
 from avsac_lit.models.backbone import VisualBackbone
 from avsac_lit.models.base import AVSModel
-from avsac_lit.models.bavd import BAVD, Bridge
+from avsac_lit.models.bavd import BAVD, Agca, Bridge
 from avsac_lit.models.multiscale import level_map
 from avsac_lit.models.vggish import AudioEncoder
 
@@ -23,7 +23,9 @@ class AVSAC(AVSModel):
     Args (the BAVD's; the rest as :class:`AVSModel`):
         decoder_layers: BAVD layers per tower (Table 5: 2, 4, 6).
         bridge: ``bidirectional``, ``audio_to_vision`` or ``vision_to_audio`` (Table 3).
-        agca: audio-guided cross-attention in the AGV tower (Table 3).
+        agca: the AGV tower's audio guidance (Table 3): ``cross_attention`` (Eq. 2),
+            ``channel_gate`` (Eq. 2, then an audio-queried channel gate) or ``none`` (see
+            :class:`~avsac_lit.models.bavd.AGVLayer`; ``true``/``false`` until 0.9.0).
         vga_ffn: an FFN after each VGA cross-attention (off: the paper's VGA layers are
             cross-attention only; docs/design_log.md, lead 4).
         heads, hidden_dim, dropout: attention heads, FFN width and dropout of the BAVD layers.
@@ -40,7 +42,7 @@ class AVSAC(AVSModel):
         generator_layers: int = 6,
         decoder_layers: int = 6,
         bridge: Bridge = "bidirectional",
-        agca: bool = True,
+        agca: Agca | bool = "cross_attention",
         vga_ffn: bool = False,
         heads: int = 8,
         hidden_dim: int = 2048,

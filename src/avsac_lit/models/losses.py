@@ -17,6 +17,12 @@ from torchvision.ops import sigmoid_focal_loss
 SEG_LOSSES = ("dice", "focal_dice")
 AVSS_SEG_LOSSES = ("ce", "ce_dice")
 SYNC_LOSSES = ("none", "l2", "framewise_l2", "kl")
+# How AVFS reduces its terms p log(p / q) over [frames, channels, positions] (the paper gives no
+# reduction): the KL of each distribution (a position's channels, by default) averaged over the
+# distributions and frames; summed over the distributions, averaged over frames (KLDivLoss's
+# "batchmean" over [frames, positions x channels]); every term averaged (KLDivLoss's "mean").
+SyncReduction = Literal["mean_distributions", "sum_distributions", "mean_elements"]
+SYNC_REDUCTIONS = ("mean_distributions", "sum_distributions", "mean_elements")
 
 
 def dice_loss(logits: Tensor, target: Tensor) -> Tensor:
@@ -33,6 +39,7 @@ def avfs_loss(
     audio_queries: Tensor,
     feature: Tensor,
     softmax_over: Literal["channels", "positions"] = "channels",
+    reduction: SyncReduction = "mean_distributions",
 ) -> Tensor:
     """AVFS (Eq. 4): KL(P(F_a) || P(F_AGV)) per frame, averaged over frames.
 
@@ -40,28 +47,38 @@ def avfs_loss(
         audio_queries: F_a [N, Q, C], pooled over the queries and broadcast over positions.
         feature: F_AGV [N, C, H, W].
         softmax_over: ``channels`` makes each position a distribution over the C channels (the
-            default reading); the KL is averaged over positions. ``positions`` makes each channel a
-            distribution over the H W positions; the KL is summed over positions and averaged over
-            channels. Since the broadcast F_a is constant over positions, that reading pulls F_AGV
-            towards a spatially uniform distribution per channel.
+            default reading). ``positions`` makes each channel a distribution over the H W
+            positions. Since the broadcast F_a is constant over positions, that reading pulls
+            F_AGV towards a spatially uniform distribution per channel.
+        reduction: ``mean_distributions``, the KL of each distribution (summed over its axis)
+            averaged over the distributions (positions, or channels with ``softmax_over=
+            positions``) and the frames; ``sum_distributions``, summed over the distributions,
+            averaged over the frames (the distributions' count times the first); ``mean_elements``,
+            every term ``p log(p / q)`` averaged (the first over the distribution's size).
 
     Returns:
         A scalar: the mean over the N frames.
     """
+    if reduction not in SYNC_REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r}; expected one of {', '.join(SYNC_REDUCTIONS)}.")
     audio = audio_queries.mean(dim=1)  # [N, C]
     flat = feature.flatten(2)  # [N, C, L]
     if softmax_over == "channels":
         log_p_audio = audio.log_softmax(dim=1)[:, :, None]  # [N, C, 1], the same at every position
         log_p_visual = flat.log_softmax(dim=1)
         kl = (log_p_audio.exp() * (log_p_audio - log_p_visual)).sum(dim=1)  # [N, L]
-        return kl.mean()
-    if softmax_over == "positions":
+    elif softmax_over == "positions":
         positions = flat.shape[-1]
         log_p_audio = torch.full_like(flat, -torch.log(torch.tensor(float(positions))).item())
         log_p_visual = flat.log_softmax(dim=2)
         kl = (log_p_audio.exp() * (log_p_audio - log_p_visual)).sum(dim=2)  # [N, C]
-        return kl.mean()
-    raise ValueError(f"softmax_over={softmax_over!r}; expected 'channels' or 'positions'.")
+    else:
+        raise ValueError(f"softmax_over={softmax_over!r}; expected 'channels' or 'positions'.")
+    if reduction == "sum_distributions":
+        return kl.sum(dim=1).mean()
+    if reduction == "mean_elements":
+        return kl.mean() / (flat.shape[1] if softmax_over == "channels" else flat.shape[2])
+    return kl.mean()
 
 
 class AVSCriterion(nn.Module):
@@ -76,6 +93,8 @@ class AVSCriterion(nn.Module):
             position-averaged F_AGV), ``framewise_l2`` (the same per frame) or ``kl`` (AVFS).
         sync_weight: weight of the synchrony term (1 in the paper).
         sync_softmax: AVFS distribution axis, see :func:`avfs_loss`.
+        sync_reduction: how AVFS reduces its terms (:data:`SYNC_REDUCTIONS`, see
+            :func:`avfs_loss`); the L2 losses do not read it.
         sync_detach_audio: stop the synchrony loss's gradient into F_a, so F_a is the reference
             that F_AGV approximates (the paper's "approximate an audio distribution with a visual
             one"; docs/design_log.md). False lets the loss move F_a towards F_AGV as well.
@@ -95,6 +114,7 @@ class AVSCriterion(nn.Module):
         sync: str = "kl",
         sync_weight: float = 1.0,
         sync_softmax: Literal["channels", "positions"] = "channels",
+        sync_reduction: SyncReduction = "mean_distributions",
         sync_detach_audio: bool = True,
         feature_key: str = "agv",
         mix_weight: float = 0.0,
@@ -110,8 +130,12 @@ class AVSCriterion(nn.Module):
             )
         if sync not in SYNC_LOSSES:
             raise ValueError(f"model.loss.sync={sync!r}; expected one of {', '.join(SYNC_LOSSES)}.")
+        if sync_reduction not in SYNC_REDUCTIONS:
+            raise ValueError(f"model.loss.sync_reduction={sync_reduction!r}; expected one of "
+                             f"{', '.join(SYNC_REDUCTIONS)}.")  # fmt: skip
         self.num_classes, self.seg, self.avss_seg, self.sync = num_classes, seg, avss_seg, sync
         self.sync_weight, self.sync_softmax = sync_weight, sync_softmax
+        self.sync_reduction = sync_reduction
         self.sync_detach_audio = sync_detach_audio
         self.feature_key, self.mix_weight = feature_key, mix_weight
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
@@ -168,7 +192,7 @@ class AVSCriterion(nn.Module):
         if self.sync_detach_audio:
             audio = audio.detach()
         if self.sync == "kl":
-            return avfs_loss(audio, feature, self.sync_softmax)
+            return avfs_loss(audio, feature, self.sync_softmax, self.sync_reduction)
         audio_vector, visual_vector = audio.mean(dim=1), feature.mean(dim=(2, 3))  # [n, C]
         if self.sync == "framewise_l2":
             return F.mse_loss(visual_vector, audio_vector)

@@ -60,16 +60,22 @@ class CrossModalMixer(nn.Module):
         self.key_value = nn.Linear(dim, 2 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, feature: Tensor, audio: Tensor) -> Tensor:
-        """feature [N, C, H, W], audio [N, A, C] -> gated feature [N, C, H, W]."""
-        tokens = rearrange(feature, "n c h w -> n (h w) c")
+    def channel_logits(self, tokens: Tensor, audio: Tensor) -> Tensor:
+        """tokens [N, L, C], audio [N, A, C] -> [N, C]: each audio query attends over the tokens,
+        the attended values are averaged over the queries, and a linear layer maps them to one
+        logit per channel (the gate before its sigmoid)."""
         query = rearrange(self.query(audio), "n a (m d) -> n m a d", m=self.heads)
         key, value = rearrange(
             self.key_value(tokens), "n l (two m d) -> two n m l d", two=2, m=self.heads
         )
         weights = (query @ key.transpose(-1, -2) * self.scale).softmax(dim=-1)  # [N, m, A, L]
         mixed = rearrange(weights @ value, "n m a d -> n a (m d)").mean(dim=1)  # [N, C]
-        gate = self.proj(mixed).sigmoid()
+        return self.proj(mixed)
+
+    def forward(self, feature: Tensor, audio: Tensor) -> Tensor:
+        """feature [N, C, H, W], audio [N, A, C] -> gated feature [N, C, H, W]."""
+        tokens = rearrange(feature, "n c h w -> n (h w) c")
+        gate = self.channel_logits(tokens, audio).sigmoid()
         return feature * gate[:, :, None, None]
 
 
