@@ -74,12 +74,15 @@ def test_the_avsegformer_setting_is_the_official_recipe(
     assert "unfreeze_backbone" not in avsac.callbacks
 
 
-def test_the_twin_baseline_has_the_official_batch_and_trains_its_backbone_at_once(tmp_path):
+def test_the_twin_baseline_has_the_official_batch_and_the_twins_frozen_encoder(tmp_path):
+    """The baseline of Table 2's twin has the official batch and, as every row of the twins since
+    issue 40, the frozen pretrained tiny PVT (no unfreezing: both decoders on one encoder)."""
     cfg = compose_config(
         "train", ["+table=synthetic_table2", "setting=avsegformer_small"], tmp_path
     )
     assert cfg.model.name == "avsegformer" and cfg.data.train_batch_size == 2
-    assert cfg.callbacks.unfreeze_backbone is None and cfg.backbone.freeze is False
+    assert cfg.callbacks.unfreeze_backbone is None
+    assert cfg.backbone.freeze is True and cfg.backbone.pretrained is True
 
 
 def test_debug_config_appended_after_the_experiment_wins(tmp_path):
