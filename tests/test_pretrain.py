@@ -61,9 +61,7 @@ def test_timm_pretrained_loads_the_packaged_file_and_only_as_a_backbone():
         (["+experiment=synthetic_ms3", "backbone=tiny"], False),
     ],
 )
-def test_the_demo_and_the_twins_freeze_the_pretrained_backbone(
-    overrides, pretrained, tmp_path
-):
+def test_the_demo_and_the_twins_freeze_the_pretrained_backbone(overrides, pretrained, tmp_path):
     backbone = compose_config("train", overrides, tmp_path).backbone
     assert backbone.name == TINY_PVT
     assert backbone.pretrained is pretrained and backbone.freeze is pretrained
