@@ -3,6 +3,8 @@ learner, and the schedule a rule written down before the curves were seen picks 
 
     python experiments/design/budget_study.py run DIR [--seeds 1 2] [--epochs 30]
     python experiments/design/budget_study.py chart DIR --slowest-epoch-minutes M
+    python experiments/design/budget_study.py budget TIMES --wanted E [--hours 5] --out FILE
+    python experiments/design/budget_study.py chart DIR --budget FILE
 
 ``run`` trains, side by side (one thread each), the 6-layer AVSAC (Table 5's deepest row: the
 slowest learner of the twins) and the 2-layer BAVD without AVFS (Table 2's row 2: the fastest),
@@ -10,6 +12,14 @@ on the twins' SynthAVS-MS3 at the demo's 96 px, validating after every epoch, wi
 schedule over ``--epochs``; each run goes to ``DIR/<name>-seed<seed>/``. ``chart`` reads their
 ``csv/metrics.csv``, applies :func:`schedule` and draws the curves (``DIR/budget_study.png``, the
 figures in ``DIR/budget_study.json``).
+
+``budget`` applies issue 40's budget clause (docs/design_log.md, "Issue 40: the frozen-encoder
+twin"): from the wall times of runs of each row alone on 2 threads, of 2 and 3 epochs and more
+(``TIMES``: lines ``row epochs seconds``, as ``experiments/design/measure_cost.sh`` writes them;
+the line through each row's runs gives its minutes per epoch and per run), the minutes
+of the planned runs (1)-(3) at ``--wanted`` epochs; if they exceed ``--hours``, the largest
+multiple of 5 epochs that fits. ``chart --budget FILE`` then draws that schedule instead of the
+per-table budget of issue 28.
 """
 
 from __future__ import annotations
@@ -102,7 +112,12 @@ def read_curve(run_dir: Path) -> list[float]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def chart(directory: Path, slowest_epoch_minutes: float, minutes_per_table: float) -> dict:
+def chart(
+    directory: Path,
+    slowest_epoch_minutes: float | None,
+    minutes_per_table: float,
+    budget_file: Path | None = None,
+) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,8 +125,12 @@ def chart(directory: Path, slowest_epoch_minutes: float, minutes_per_table: floa
 
     runs = sorted(p for p in directory.iterdir() if (p / "csv" / "metrics.csv").is_file())
     curves = {run_dir.name: read_curve(run_dir) for run_dir in runs}
-    # Tables 2 and 5: 3 rows x 3 seeds each; the 6-layer AVSAC is their slowest row.
-    result = schedule(curves, slowest_epoch_minutes, minutes_per_table=minutes_per_table)
+    if budget_file is None:
+        # Tables 2 and 5: 3 rows x 3 seeds each; the 6-layer AVSAC is their slowest row.
+        result = schedule(curves, slowest_epoch_minutes, minutes_per_table=minutes_per_table)
+    else:
+        result = {"plateau_epochs": {name: plateau_epoch(c) for name, c in curves.items()}}
+        result |= json.loads(budget_file.read_text())
     result["curves"] = curves
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for name, curve in curves.items():
@@ -119,8 +138,10 @@ def chart(directory: Path, slowest_epoch_minutes: float, minutes_per_table: floa
         plateau = result["plateau_epochs"][name]
         ax.scatter([plateau], [curve[plateau - 1]], marker="o", s=60, facecolors="none",
                    edgecolors=line.get_color(), zorder=3)  # fmt: skip
-    ax.axvline(result["epochs"], color="black", linestyle="--",
-               label=f"schedule: {result['epochs']} epochs")  # fmt: skip
+    label = f"schedule: {result['epochs']} epochs"
+    if result["budget_bound"]:
+        label += f" (the budget's; the plateau wanted {result['wanted_epochs']})"
+    ax.axvline(result["epochs"], color="black", linestyle="--", label=label)
     ax.set_xlabel("epoch (cosine schedule over the whole run)")
     ax.set_ylabel("validation mIoU (%)")
     ax.set_title("SynthAVS-MS3, 96 px: when do the slowest and fastest learners flatten?\n"
@@ -135,6 +156,73 @@ def chart(directory: Path, slowest_epoch_minutes: float, minutes_per_table: floa
     return result
 
 
+# Issue 40's plan, in its order of priority: (group, row measured for its cost, runs), as the
+# rules counted them: Table 3's AVSAC row under cross-attention is Table 2's (seeds 1-3), and
+# Table 3's other rows and Table 4's cost at most what AVSAC with 2 layers costs.
+PLAN = [
+    ("(1) Table 2", "avsegformer", 5), ("(1) Table 2", "bavd-2", 5), ("(1) Table 2", "avsac-2", 5),
+    ("(1) Table 5", "avsac-2", 5), ("(1) Table 5", "avsac-4", 5), ("(1) Table 5", "avsac-6", 5),
+    ("(2) Table 3", "avsac-2", 9), ("(2) Table 3, channel gate", "avsac-2-gate", 12),
+    ("(3) AVFS readings", "avsac-2", 15),
+    ("(4) Table 4", "avsac-2", 15),
+]  # fmt: skip
+
+
+def row_costs(times: Path) -> dict[str, dict[str, float]]:
+    """Per row, minutes per epoch and the minutes every run spends besides its epochs (start,
+    caches, the tests with matched and shuffled audio): the least-squares line through its runs'
+    wall times against their epochs (two runs give the line through both)."""
+    seconds: dict[str, list[tuple[int, float]]] = {}
+    for line in times.read_text().splitlines():
+        row, epochs, wall = line.split()
+        seconds.setdefault(row, []).append((int(epochs), float(wall) / 60))
+    costs = {}
+    for row, points in seconds.items():
+        mean_e = sum(e for e, _ in points) / len(points)
+        mean_m = sum(m for _, m in points) / len(points)
+        epoch = sum((e - mean_e) * (m - mean_m) for e, m in points) / sum(
+            (e - mean_e) ** 2 for e, _ in points
+        )
+        costs[row] = {"epoch_minutes": epoch, "fixed_minutes": mean_m - epoch * mean_e}
+    return costs
+
+
+def budget(times: Path, wanted: int, hours: float, out: Path) -> dict:
+    costs = row_costs(times)
+
+    def minutes(groups: tuple[str, ...], epochs: int) -> float:
+        return sum(
+            runs * (costs[row]["fixed_minutes"] + epochs * costs[row]["epoch_minutes"])
+            for group, row, runs in PLAN
+            if group.startswith(groups)
+        )
+
+    planned = ("(1)", "(2)", "(3)")
+    epochs = wanted
+    while epochs > ROUND_TO and minutes(planned, epochs) > 60 * hours:
+        epochs -= ROUND_TO
+    result = {
+        "row_costs": costs,
+        "wanted_epochs": wanted,
+        "minutes_1_to_3_at_wanted": minutes(planned, wanted),
+        "epochs": epochs,
+        "budget_bound": epochs < wanted,
+        "minutes_1_to_3": minutes(planned, epochs),
+        "minutes_4": minutes(("(4)",), epochs),
+        "minutes_per_group": {
+            group: sum(
+                runs * (costs[row]["fixed_minutes"] + epochs * costs[row]["epoch_minutes"])
+                for g, row, runs in PLAN
+                if g == group
+            )
+            for group in dict.fromkeys(g for g, _, _ in PLAN)
+        },
+    }
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -145,15 +233,25 @@ def main() -> None:
     drawer = commands.add_parser("chart")
     drawer.add_argument("directory", type=Path)
     drawer.add_argument(
-        "--slowest-epoch-minutes", type=float, required=True,
+        "--slowest-epoch-minutes", type=float,
         help="minutes per epoch of the 6-layer AVSAC alone on 2 threads (a short run's wall time)",
     )  # fmt: skip
+    drawer.add_argument("--budget", type=Path, help="the schedule `budget` wrote (issue 40)")
     drawer.add_argument("--minutes-per-table", type=float, default=90.0)
+    budgeter = commands.add_parser("budget")
+    budgeter.add_argument("times", type=Path)
+    budgeter.add_argument("--wanted", type=int, required=True, help="the plateau rule's epochs")
+    budgeter.add_argument("--hours", type=float, default=5.0)
+    budgeter.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.command == "run":
         run(args.directory, args.seeds, args.epochs)
+    elif args.command == "budget":
+        budget(args.times, args.wanted, args.hours, args.out)
+    elif args.budget is None and args.slowest_epoch_minutes is None:
+        parser.error("chart needs --slowest-epoch-minutes (issue 28's rule) or --budget FILE")
     else:
-        chart(args.directory, args.slowest_epoch_minutes, args.minutes_per_table)
+        chart(args.directory, args.slowest_epoch_minutes, args.minutes_per_table, args.budget)
 
 
 if __name__ == "__main__":
