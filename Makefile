@@ -23,8 +23,8 @@ demo: install ## Main job: generate SynthAVS-MS3, train AVSAC on the CPU, test i
 # One worker process per CPU; a test module's tests stay in one worker, which builds its fixtures.
 PYTEST_PARALLEL := -n logical --dist loadscope
 
-test: install ## Run the default test suite (no slow tests), one worker per CPU
-	$(PY) -m pytest -m "not slow" $(PYTEST_PARALLEL)
+test: install ## Run the default test suite (no slow or torchrun tests), one worker per CPU
+	$(PY) -m pytest -m "not slow and not torchrun" $(PYTEST_PARALLEL)
 
 test-full: install ## Run every test, slow ones included
 	$(PY) -m pytest $(PYTEST_PARALLEL)
@@ -33,6 +33,9 @@ slurm-check: install ## Start a two-node SLURM cluster on this machine (root), r
 	bash .ci/slurm/cluster start
 	eval "$$(bash .ci/slurm/cluster env)" && $(PY) -m pytest -m slurm -p no:cacheprovider; \
 	status=$$?; bash .ci/slurm/cluster stop; exit $$status
+
+torchrun-check: install ## Two torchrun agents on this host (as two machines) train one run, through an elastic restart
+	$(PY) -m pytest -m torchrun -p no:cacheprovider
 
 wheel-check: install ## Build the wheel, install it in a fresh venv (dependencies from .venv), run train, eval and predict from elsewhere
 	bash .ci/wheel_check
@@ -49,4 +52,4 @@ clean: ## Remove caches and build files (keeps .venv and data)
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install demo test test-full slurm-check wheel-check lint format clean
+.PHONY: help install demo test test-full slurm-check torchrun-check wheel-check lint format clean

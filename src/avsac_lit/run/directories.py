@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from avsac_lit.run.job import this_command
 from avsac_lit.run.lock import RunDirectoryInUse, hold_run_directory, release_run_directory
 from avsac_lit.run.stop import LAST
+from avsac_lit.run.torchrun import torchrun_refusal
 
 # What an earlier run leaves in its directory (Hydra's record, the resolved config, results,
 # a checkpoints/ that is not empty: one made, or linked to other storage, before a run is not).
@@ -21,17 +22,22 @@ RUN_FILES = (".hydra/overrides.yaml", "config.yaml", "metrics.json", "checkpoint
 
 
 class KeepEarlierRuns(HydraCallback):
-    """Refuses, before Hydra writes anything, a command whose run directory (``hydra.run.dir``)
-    is held by another live process (:mod:`avsac_lit.run.lock`), or whose run or sweep directory
-    (``hydra.sweep.dir``) holds an earlier run of another command, whose config, logs and
-    metrics it would overwrite. The same training command again is allowed: it continues that
-    run (:func:`resume_point`), as a requeued SLURM job does. The run's directory (each job's,
-    in a multirun) is held from then on, until the process exits or the job ends.
+    """Refuses, before Hydra writes anything, what torchrun cannot run
+    (:func:`~avsac_lit.run.torchrun.torchrun_refusal`), a command whose run directory
+    (``hydra.run.dir``) is held by another live process (:mod:`avsac_lit.run.lock`), or whose
+    run or sweep directory (``hydra.sweep.dir``) holds an earlier run of another command, whose
+    config, logs and metrics it would overwrite. The same training command again is allowed: it
+    continues that run (:func:`resume_point`), as a requeued SLURM job or a restarted torchrun
+    does. The run's directory (each job's, in a multirun) is held from then on, until the
+    process exits or the job ends.
 
     Hydra turns a callback's exceptions into warnings and goes on, so a refusal is a SystemExit
     (status 1, its message on standard error)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        refusal = torchrun_refusal(config)
+        if refusal is not None:
+            raise SystemExit(f"Refused: {refusal}")
         run_dir = Path(config.hydra.run.dir)
         try:
             # Held first: two identical commands started together both find it empty.
@@ -64,6 +70,9 @@ class KeepEarlierRuns(HydraCallback):
         release_run_directory(config.hydra.runtime.output_dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        refusal = torchrun_refusal(config, multirun=True)
+        if refusal is not None:
+            raise SystemExit(f"Refused: {refusal}")
         try:
             check_sweep_directory(config)
         except FileExistsError as refused:

@@ -16,7 +16,9 @@ workers (which run no command). The jobs of a multirun each hold their own direc
 * on this host, when its process is gone, or its number now belongs to another process (its
   start time differs);
 * on another host, when it was an earlier attempt of this SLURM job (the same job, restarted
-  fewer times): SLURM requeues a job only after its earlier attempt has ended.
+  fewer times): SLURM requeues a job only after its earlier attempt has ended; or of this
+  torchrun run (the same ``--rdzv-id``): torchrun starts a run's processes again only after it
+  has stopped all of them.
 
 Any other holder on another host cannot be asked whether it still runs: the command is refused,
 saying that the lock file may be deleted if that process has ended (its machine went down). A
@@ -38,6 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from avsac_lit.run.job import first_process, new_directory_hint, slurm_job_id
+from avsac_lit.run.torchrun import torchrun_run_id
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ class Holder:
     since: str
     slurm_job: str | None = None
     slurm_restarts: int = 0
+    torchrun_run: str | None = None
 
     @classmethod
     def this_process(cls, command: str) -> Holder:
@@ -70,6 +74,7 @@ class Holder:
             since=time.strftime("%Y-%m-%d %H:%M:%S"),
             slurm_job=slurm_job_id(),
             slurm_restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+            torchrun_run=torchrun_run_id(),
         )
 
     @classmethod
@@ -107,6 +112,12 @@ class Holder:
             and self.slurm_restarts < int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         ):
             return "it was an earlier attempt of this SLURM job, which SLURM requeued"
+        if self.torchrun_run is not None and self.torchrun_run == torchrun_run_id():
+            # This process is the run's rank 0, so another rank 0 of the same run was an earlier
+            # attempt: torchrun starts a run's processes again only once it has stopped them all
+            # (an agent whose own processes did not fail does not count the restart, so the
+            # restart counts cannot order the attempts).
+            return "it was an earlier attempt of this torchrun run, which torchrun restarted"
         return None
 
 

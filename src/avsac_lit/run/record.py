@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from avsac_lit.checkpoints.versions import suite_version
+from avsac_lit.run.torchrun import launcher, torchrun_facts
 from avsac_lit.storage.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,18 @@ def run_facts(cfg: DictConfig) -> dict:
 
 
 def process_facts(trainer) -> dict:
-    """How many processes and nodes the run used and, in a SLURM job, which job it was (its
-    restarts count the requeues: a run that survived time limits says so)."""
+    """How many processes and nodes the run used, what started them and, in a SLURM job or under
+    torchrun, which job or run it was (their restarts count the requeues and elastic restarts: a
+    run that survived time limits or a lost process says so)."""
     facts = {
+        "launcher": launcher(),
         "world_size": trainer.world_size,
         "nodes": trainer.num_nodes,
         "processes_per_node": trainer.num_devices,
         "strategy": type(trainer.strategy).__name__,
     }
+    if facts["launcher"] == "torchrun":
+        facts["torchrun"] = torchrun_facts()
     if "SLURM_JOB_ID" in os.environ:
         env = os.environ.get
         facts["slurm"] = {
@@ -153,7 +158,10 @@ class Stopwatch:
 def adopt_csv_columns(trainer) -> None:
     """Let the CSV logger know the columns its file already has. Under ``ddp_spawn`` the rows of
     ``fit`` were written by a worker process, so the main process's logger, which writes the test
-    rows next, would not know them and fail rewriting the file's header."""
+    rows next, would not know them and fail rewriting the file's header. Only the first process
+    writes the file (the others' loggers hold no experiment)."""
+    if not trainer.is_global_zero:
+        return
     for logger in trainer.loggers:
         if not isinstance(logger, CSVLogger):
             continue
