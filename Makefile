@@ -23,8 +23,8 @@ demo: install ## Main job: generate SynthAVS-MS3, train AVSAC on the CPU, test i
 # One worker process per CPU; a test module's tests stay in one worker, which builds its fixtures.
 PYTEST_PARALLEL := -n logical --dist loadscope
 
-test: install ## Run the default test suite (no slow or torchrun tests), one worker per CPU
-	$(PY) -m pytest -m "not slow and not torchrun" $(PYTEST_PARALLEL)
+test: install ## Run the default test suite (no slow or multiprocess tests), one worker per CPU
+	$(PY) -m pytest -m "not slow and not multiprocess" $(PYTEST_PARALLEL)
 
 test-full: install ## Run every test, slow ones included
 	$(PY) -m pytest $(PYTEST_PARALLEL)
@@ -34,8 +34,11 @@ slurm-check: install ## Start a two-node SLURM cluster on this machine (root), r
 	eval "$$(bash .ci/slurm/cluster env)" && $(PY) -m pytest -m slurm -p no:cacheprovider; \
 	status=$$?; bash .ci/slurm/cluster stop; exit $$status
 
-torchrun-check: install ## Two torchrun agents on this host (as two machines) train one run, through an elastic restart
-	$(PY) -m pytest -m torchrun -p no:cacheprovider
+multiprocess-check: install ## Two torchrun agents (as two machines) train one run through an elastic restart; the GPU check's DDP part on the CPU
+	$(PY) -m pytest -m multiprocess -p no:cacheprovider $(PYTEST_PARALLEL)
+
+gpu-check: install ## On a CUDA machine: parity, paper-scale steps in 3 precisions, compile, DDP -> logs/gpu_check/<time>/ (without CUDA: says so, exit 0)
+	$(PY) -m avsac_lit.gpu_check
 
 wheel-check: install ## Build the wheel, install it in a fresh venv (dependencies from .venv), run train, eval and predict from elsewhere
 	bash .ci/wheel_check
@@ -52,4 +55,4 @@ clean: ## Remove caches and build files (keeps .venv and data)
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install demo test test-full slurm-check torchrun-check wheel-check lint format clean
+.PHONY: help install demo test test-full slurm-check multiprocess-check gpu-check wheel-check lint format clean

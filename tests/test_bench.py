@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from avsac_lit.bench import PARTS, run
+from avsac_lit.profiling.steps import PARTS, time_steps
 from avsac_lit.run.assemble import compose_config
 from tests import commands
 from tests.helpers import TINY_RUN
@@ -20,7 +20,7 @@ S4 = ["+experiment=synthetic_s4", "+setting=avsegformer_small", "data.img_size=3
 def test_skipping_unread_frames_shows_as_a_fifth_of_the_flops_with_the_same_loss(tmp_path):
     skipping = compose_config("bench", S4, tmp_path)
     every_frame = compose_config("bench", [*S4, "model.skip_unread_frames=false"], tmp_path)
-    results = run(skipping, every_frame)
+    results = time_steps(skipping, every_frame)
     for name in ("A", "B"):
         assert set(results[name]["seconds"]) == {*PARTS, "step"}
         assert all(seconds >= 0 for seconds in results[name]["seconds"].values())

@@ -29,11 +29,22 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"checkpoints"}),
     frozenset({"system"}),
     frozenset({"run"}),
-    frozenset({"inference", "analysis"}),
+    frozenset({"inference", "analysis", "profiling"}),
 )
 # The top level holds the package's __init__ and the commands (python -m avsac_lit.<command>).
 COMMANDS = frozenset(
-    {"train", "eval", "predict", "report", "convert", "export", "bench", "model_cost", "pretrain"}
+    {
+        "train",
+        "eval",
+        "predict",
+        "report",
+        "convert",
+        "export",
+        "bench",
+        "model_cost",
+        "pretrain",
+        "gpu_check",
+    }
 )
 COMMAND_LAYER = len(LAYERS)
 

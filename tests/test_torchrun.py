@@ -2,8 +2,9 @@
 on the CPUs), one run over both, an elastic restart after one agent's process is killed; and what
 a command under torchrun refuses before it writes anything.
 
-The two-agent test is marked ``torchrun`` and runs in CI as ``make torchrun-check`` (it starts four
-fresh interpreters and trains twice: about a minute); the refusals run in ``make test``."""
+The two-agent test is marked ``multiprocess`` and runs in CI as ``make multiprocess-check`` (it
+starts four fresh interpreters and trains twice: about a minute); the refusals run in
+``make test``."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def torchrun_agents(arguments: list[str], run_dir: Path, *, max_restarts: int) -
     return [log.read_text() for log in logs]
 
 
-@pytest.mark.torchrun
+@pytest.mark.multiprocess
 def test_two_torchrun_agents_train_one_run_equal_to_ddp_sim_through_an_elastic_restart(
     twenty_clips, tmp_path
 ):

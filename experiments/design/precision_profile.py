@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from avsac_lit.bench import Stepper
+from avsac_lit.profiling.steps import Stepper
 from avsac_lit.run.assemble import compose_config
 
 COMPUTE = ("conv", "mm", "addmm", "bmm", "linear", "matmul", "baddbmm")

@@ -56,6 +56,8 @@ def process_facts(trainer) -> dict:
         "nodes": trainer.num_nodes,
         "processes_per_node": trainer.num_devices,
         "strategy": type(trainer.strategy).__name__,
+        # torch's SyncBatchNorm in place of BatchNorm (sync_batchnorm, on GPUs).
+        "sync_batchnorm": getattr(trainer.strategy, "_layer_sync", None) is not None,
     }
     if facts["launcher"] == "torchrun":
         facts["torchrun"] = torchrun_facts()

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Issue 40's tables at the budget study's schedule (10 epochs), from a git worktree at 4204376,
+# two queues side by side on 2 cores, one thread each, in the order of the rules' priorities.
+# Safe to run again after a stop: a multirun submitted again into its sweep directory keeps its
+# finished jobs and continues the others from their last.ckpt.
+#   git worktree add --detach /work/wt40-runs 4204376
+#   nohup bash experiments/design/issue40_queues.sh A > queueA.log 2>&1 &
+#   nohup bash experiments/design/issue40_queues.sh B > queueB.log 2>&1 &
+set -u
+cd "${WORKTREE:-/work/wt40-runs}"
+export PYTHONPATH=$PWD/src AVSAC_ROOT=${AVSAC_ROOT:-/work/twins40} OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+R=$AVSAC_ROOT/runs
+py=${PYTHON:-python}
+sweep() { echo "$(date -Is) start $*"; $py -m avsac_lit.train -m "$@"; echo "$(date -Is) exit $? $*"; }
+case $1 in
+  A)  # (1) Table 5, (2) Table 3 under cross-attention, (4) Table 4
+    sweep +table=synthetic_table5 seed=1,2,3,4,5 hydra.sweep.dir=$R/table5
+    sweep +table=synthetic_table3 hydra.sweep.dir=$R/table3
+    sweep +table=synthetic_table4 hydra.sweep.dir=$R/table4
+    ;;
+  B)  # (1) Table 2, (3) the AVFS readings beside it, (2) Table 3 under the channel gate
+    sweep +table=synthetic_table2 seed=1,2,3,4,5 hydra.sweep.dir=$R/table2
+    sweep +table=synthetic_avfs seed=1,2,3,4,5 hydra.sweep.dir=$R/table2/avfs
+    sweep +table=synthetic_table3_gate hydra.sweep.dir=$R/table3_gate
+    ;;
+esac

@@ -1,0 +1,1 @@
+"""Measuring the suite: training steps timed part by part (:mod:`.steps`)."""
