@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 # dropout off, a CSV log; no feature cache (which process computed an entry can change its last
 # float16 bit: docs/design_log.md, 0.5.0).
 COMMON = [
-    "+experiment=synthetic_ms3", *TINY_RUN, "++data.synthetic={videos:20,seed:3,size:64}",
+    "+experiment=synthetic_ms3", *(o for o in TINY_RUN if o != "~logger"),
+    "++data.synthetic={videos:20,seed:3,size:64}",
     "trainer.max_epochs=2", "model.net.dropout=0.0", "trainer.precision=64-true",
     "test_audio=[matched]", "logger=csv", "~callbacks.overlays",
     "model.feature_cache.enabled=false",
@@ -58,7 +59,9 @@ def torchrun_agents(arguments: list[str], run_dir: Path, *, max_restarts: int) -
     """Two torchrun agents on this host, as on two machines: ``--nnodes=2 --nproc-per-node=1``,
     one c10d rendezvous. Returns their logs once both have exited (status 0 asserted)."""
     endpoint = f"localhost:{free_port()}"
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    # A fresh rendezvous store for every restart (the run refuses --max-restarts without it).
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1",
+               TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")  # fmt: skip
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
         "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=two-machines",
@@ -160,18 +163,33 @@ def under_torchrun(world: int, local: int) -> dict[str, str]:
             ["-m", "trainer=torchrun", "trainer.num_nodes=2", "seed=1,2", "hydra.sweep.dir=RUN"],
             "for a multirun (-m): under torchrun a command is one run.",
         ),
+        (
+            ["trainer=torchrun", "trainer.num_nodes=2", "hydra.run.dir=RUN", "RESTARTS"],
+            "with --max-restarts=1, sharing its rendezvous store with them: after a restart the "
+            "new processes read there the addresses of the processes they replace",
+        ),
     ],
-    ids=["time-stamped directory", "other world size", "spawned processes", "multirun"],
+    ids=[
+        "time-stamped directory",
+        "other world size",
+        "spawned processes",
+        "multirun",
+        "restarts with a shared store",
+    ],
 )
 def test_under_torchrun_a_run_that_cannot_be_one_is_refused_before_anything_is_written(
     arguments, said, tmp_path
 ):
     run_dir = tmp_path / "run"
+    env = under_torchrun(world=2, local=1)
+    if "RESTARTS" in arguments:  # torchrun --max-restarts=1, its store shared (its default)
+        arguments.remove("RESTARTS")
+        env |= {"TORCHELASTIC_MAX_RESTARTS": "1", "TORCHELASTIC_USE_AGENT_STORE": "True"}
     arguments = [a.replace("RUN", str(run_dir)) for a in arguments]
     result = commands.run(
         [sys.executable, "-m", "avsac_lit.train", *arguments, "+experiment=synthetic_ms3",
          f"paths.log_dir={tmp_path}/logs"],
-        env=under_torchrun(world=2, local=1), cwd=tmp_path, timeout=120,
+        env=env, cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert result.returncode == 1
     message = result.stderr.strip().splitlines()[-1]

@@ -71,6 +71,17 @@ def torchrun_refusal(config: DictConfig, multirun: bool = False) -> str | None:
             "torchrun once per run (each with its own hydra.run.dir), or sweep with "
             "hydra/launcher=slurm, which starts each run's processes itself."
         )
+    restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    if restarts > 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        return (
+            f"{started} with --max-restarts={restarts}, sharing its rendezvous store with them: "
+            "after a restart the new processes read there the addresses of the processes they "
+            "replace, and wait on them (measured with torch 2.14: a hang, or 'Gloo "
+            "connectFullMesh failed ... Connection refused'), so the run would not survive the "
+            "restart it asks for. Start torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in "
+            "its environment on every machine (a fresh store each restart), or without "
+            "--max-restarts."
+        )
     directory = OmegaConf.to_container(config.hydra.run, resolve=False)["dir"]
     if "${now:" in str(directory):
         return (
