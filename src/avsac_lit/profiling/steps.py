@@ -235,7 +235,9 @@ class Stepper:
         for state in self.optimizer.state.values():
             tensors.extend(v for v in state.values() if isinstance(v, torch.Tensor))
         unique = {t.data_ptr(): t for t in tensors if isinstance(t, torch.Tensor)}
-        return sum(t.numel() * t.element_size() for t in unique.values() if t.device == self.device)
+        # By type: a tensor on "cuda:0" is not on torch.device("cuda") by ==.
+        on_device = (t for t in unique.values() if t.device.type == self.device.type)
+        return sum(t.numel() * t.element_size() for t in on_device)
 
     def step_flops(self) -> int:
         """FLOPs of one training step (forward, loss and backward; the optimiser's are
