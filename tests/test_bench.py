@@ -49,3 +49,26 @@ def test_the_command_line_compares_two_configs_and_writes_bench_json(tmp_path):
     assert "first step (untimed)" in finished.stdout
     # The same model and weights, computed in pieces: the same first loss.
     assert results["first_loss_difference"] < 1e-6
+
+
+def test_a_configs_resident_bytes_are_its_weights_buffers_batch_and_optimiser_state(tmp_path):
+    """What the CUDA peak of a step adds back for the config itself (the other configs stepped in
+    the same process are left out): counted here on the CPU, by hand."""
+    import torch
+
+    from avsac_lit.profiling.steps import Stepper
+
+    stepper = Stepper(
+        compose_config("bench", S4, tmp_path), tmp_path / "cache", torch.device("cpu")
+    )
+
+    def size(tensors):
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    module = stepper.module
+    batch = [v for v in stepper.batch.values() if isinstance(v, torch.Tensor)]
+    weights = size([*module.parameters(), *module.buffers()]) + size(batch)
+    assert stepper.resident_bytes() == weights
+    stepper.step(record=False)  # AdamW makes its two moments (and a step count) per parameter
+    moments = size(v for s in stepper.optimizer.state.values() for v in s.values())
+    assert moments > 0 and stepper.resident_bytes() == weights + moments
