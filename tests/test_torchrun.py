@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -69,16 +71,25 @@ def torchrun_agents(arguments: list[str], run_dir: Path, *, max_restarts: int) -
         f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
     logs = [run_dir.parent / f"agent{n}.log" for n in range(2)]
+    # Each agent leads a process group of its own with its workers: a worker whose agent was
+    # killed would otherwise outlive the test, hung in its collectives.
     agents = [
-        subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        subprocess.Popen(
+            command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         for log in logs
     ]
-    for agent, log in zip(agents, logs, strict=True):
-        try:
+    try:
+        for agent in agents:
             agent.wait(timeout=300)
-        except subprocess.TimeoutExpired:
-            for other in agents:
-                other.kill()
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for agent in agents:
+            with suppress(ProcessLookupError):
+                os.killpg(agent.pid, signal.SIGKILL)
+            agent.wait()
+    for agent, log in zip(agents, logs, strict=True):
         assert agent.returncode == 0, log.read_text()[-4000:]
     return [log.read_text() for log in logs]
 

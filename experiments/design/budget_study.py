@@ -32,6 +32,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 LEARNERS = {
@@ -190,14 +191,17 @@ def row_costs(times: Path) -> dict[str, dict[str, float]]:
 def budget(times: Path, wanted: int, hours: float, out: Path) -> dict:
     costs = row_costs(times)
 
-    def minutes(groups: tuple[str, ...], epochs: int) -> float:
+    def minutes(keep: Callable[[str], bool], epochs: int) -> float:
+        """Minutes of the planned runs whose group ``keep`` keeps, at ``epochs``."""
         return sum(
             runs * (costs[row]["fixed_minutes"] + epochs * costs[row]["epoch_minutes"])
             for group, row, runs in PLAN
-            if group.startswith(groups)
+            if keep(group)
         )
 
-    planned = ("(1)", "(2)", "(3)")
+    def planned(group: str) -> bool:
+        return group.startswith(("(1)", "(2)", "(3)"))
+
     epochs = wanted
     while epochs > ROUND_TO and minutes(planned, epochs) > 60 * hours:
         epochs -= ROUND_TO
@@ -208,13 +212,9 @@ def budget(times: Path, wanted: int, hours: float, out: Path) -> dict:
         "epochs": epochs,
         "budget_bound": epochs < wanted,
         "minutes_1_to_3": minutes(planned, epochs),
-        "minutes_4": minutes(("(4)",), epochs),
+        "minutes_4": minutes(lambda group: group.startswith("(4)"), epochs),
         "minutes_per_group": {
-            group: sum(
-                runs * (costs[row]["fixed_minutes"] + epochs * costs[row]["epoch_minutes"])
-                for g, row, runs in PLAN
-                if g == group
-            )
+            group: minutes(lambda g, group=group: g == group, epochs)
             for group in dict.fromkeys(g for g, _, _ in PLAN)
         },
     }
