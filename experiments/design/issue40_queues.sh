@@ -18,9 +18,9 @@ case $1 in
     sweep +table=synthetic_table3 hydra.sweep.dir=$R/table3
     sweep +table=synthetic_table4 hydra.sweep.dir=$R/table4
     ;;
-  B)  # (1) Table 2, (3) the AVFS readings beside it, (2) Table 3 under the channel gate
+  B)  # (1) Table 2, (2) Table 3 under the channel gate, (3) the AVFS readings
     sweep +table=synthetic_table2 seed=1,2,3,4,5 hydra.sweep.dir=$R/table2
-    sweep +table=synthetic_avfs seed=1,2,3,4,5 hydra.sweep.dir=$R/table2/avfs
     sweep +table=synthetic_table3_gate hydra.sweep.dir=$R/table3_gate
+    sweep +table=synthetic_avfs seed=1,2,3,4,5 hydra.sweep.dir=$R/table2/avfs
     ;;
 esac
