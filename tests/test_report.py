@@ -336,6 +336,20 @@ def test_the_reference_row_can_be_named_for_runs_whose_config_names_none(tmp_pat
     assert "--reference='C' is no row of this table (A, B)" in capsys.readouterr().err
 
 
+def test_a_second_report_against_another_row_goes_to_its_own_folder(tmp_path):
+    """``--out``: the first report stays as it was, the second is written where it is told."""
+    paper = {"A": {"s4": {"miou": 80.0}}, "B": {"s4": {"miou": 70.0}}}
+    values = {"A": {1: 50.0, 2: 51.0, 3: 52.0}, "B": {1: 60.0, 2: 60.5, 3: 62.0}}
+    write_seeded_runs(tmp_path / "sweep", "s4", values, {"paper": paper, "reference": "A"})
+    first = report(tmp_path / "sweep")["markdown"].read_bytes()
+    assert main([str(tmp_path / "sweep"), "--reference", "B", "--out", str(tmp_path / "vs_b")]) == 0
+    assert (tmp_path / "sweep" / "report.md").read_bytes() == first
+    assert "| B < A | S4 | mIoU | -10.00 | +9.83 |" in (tmp_path / "vs_b" / "report.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "vs_b").iterdir()) == [
+        "report.csv", "report.md", "report_claims.png", "report_test_f.png", "report_test_miou.png",
+    ]  # fmt: skip
+
+
 def test_a_sweep_with_a_test_audio_share_and_no_validation_one_is_reported(tmp_path):
     """Runs that record ``test/audio_share`` but no ``val/audio_share`` (no validation pair to
     swap, or fitting skipped): the test value is the column, as when both are there."""

@@ -2,7 +2,7 @@
 
 Reads what every run of a multirun leaves in its directory, with no logger needed: ``metrics.json``
 (the final metrics and the run's facts), ``config.yaml`` (the config as run) and
-``.hydra/overrides.yaml``. Writes beside them, in DIR:
+``.hydra/overrides.yaml``. Writes beside them, in DIR (or in ``--out``):
 
 * ``report.md``: the table in the paper's layout (one row per setting, a column pair per task),
   each measured value the mean ± sample standard deviation over the seeds, the paper's value beside
@@ -51,12 +51,17 @@ from avsac_lit.storage.atomic import atomic_path
 
 
 def report(
-    root: Path, metrics: Sequence[str] | None = None, reference: str | None = None
+    root: Path,
+    metrics: Sequence[str] | None = None,
+    reference: str | None = None,
+    out: Path | None = None,
 ) -> dict[str, Path]:
-    """Write the report files into ``root``; returns them by kind. ``reference`` names the row
-    the claims compare the others with, over the runs' ``report.reference``. Raises
-    :class:`ReportError` when there is no finished run to tabulate."""
+    """Write the report files into ``out`` (default ``root``); returns them by kind.
+    ``reference`` names the row the claims compare the others with, over the runs'
+    ``report.reference``. Raises :class:`ReportError` when there is no finished run to
+    tabulate."""
     root = Path(root)
+    out = Path(out) if out is not None else root
     if not root.is_dir():
         raise ReportError(f"{root}: not a directory. Pass a multirun directory, e.g. "
                           "logs/train/multiruns/<date>_<time>.")  # fmt: skip
@@ -102,17 +107,18 @@ def report(
     text += runs_without_results(root, failed, missing)
     text += ["## Provenance", "", *provenance(root, runs), ""]
 
-    files = {"markdown": root / "report.md", "csv": root / "report.csv"}
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"markdown": out / "report.md", "csv": out / "report.csv"}
     with atomic_path(files["markdown"]) as partial:
         partial.write_text("\n".join(text))
     write_csv(table, files["csv"], found)
     claims = [c for c in found if c.paper_difference is not None]
     if claims:
-        files["claims"] = root / "report_claims.png"
+        files["claims"] = out / "report_claims.png"
         plot_claims(table, claims, files["claims"])
     for metric in wanted:
         if any(key[2] == metric for key in table.cells):
-            files[metric] = root / f"report_{metric.replace('/', '_')}.png"
+            files[metric] = out / f"report_{metric.replace('/', '_')}.png"
             plot_metric(table, metric, files[metric])
     return files
 
@@ -133,9 +139,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the row the claims compare the others with (default: the recipe's "
         "report.reference, else the row marked (ours)); for multiruns whose config names none",
     )  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, metavar="DIR",
+        help="write the report files into DIR (default: the multirun directory), e.g. a second "
+        "report of the same runs against another --reference",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        files = report(args.directory, args.metrics, args.reference)
+        files = report(args.directory, args.metrics, args.reference, args.out)
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
