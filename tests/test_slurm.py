@@ -172,10 +172,11 @@ def test_a_run_longer_than_its_time_limit_requeues_itself_until_it_finishes(
     sweep = tmp_path / "sweep"
     overrides = [
         f"data.root={synth_trees['ms3']}", "+experiment=synthetic_ms3", *TINY_RUN,
-        "data.train_batch_size=1", "model.net.dropout=0.1", "trainer.max_epochs=40",
+        "data.train_batch_size=1", "model.net.dropout=0.1", "trainer.max_epochs=70",
     ]  # fmt: skip
-    # About 75 s of training on the job's one CPU: more than the first attempt has before the
-    # signal, whenever it comes. The local run takes the other CPU meanwhile.
+    # About 70 s of training on the job's one CPU when nothing else runs (40 epochs took 40 s
+    # and once ended before the signal came, 60 s in): more than the first attempt has before
+    # the signal, whenever it comes. The local run takes the other CPU meanwhile.
     limit = ["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=60"]
     job = submit(slurm, sweep, [*RUN, *overrides, *limit])
     uninterrupted = local_run(tmp_path / "local", overrides)
