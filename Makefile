@@ -34,8 +34,8 @@ slurm-check: install ## Start a two-node SLURM cluster on this machine (root), r
 	eval "$$(bash .ci/slurm/cluster env)" && $(PY) -m pytest -m slurm -p no:cacheprovider; \
 	status=$$?; bash .ci/slurm/cluster stop; exit $$status
 
-multiprocess-check: install ## Two torchrun agents (as two machines) train one run through an elastic restart; the GPU check's DDP part on the CPU
-	$(PY) -m pytest -m multiprocess -p no:cacheprovider $(PYTEST_PARALLEL)
+multiprocess-check: install ## Two torchrun agents (as two machines) train one run through an elastic restart
+	$(PY) -m pytest -m multiprocess -p no:cacheprovider
 
 gpu-check: install ## On a CUDA machine: parity, paper-scale steps in 3 precisions, compile, DDP -> logs/gpu_check/<time>/ (without CUDA: says so, exit 0)
 	$(PY) -m avsac_lit.gpu_check

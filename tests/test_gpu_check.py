@@ -48,10 +48,12 @@ def test_on_the_cpu_the_check_measures_parity_and_training_steps_and_writes_both
     assert "not run: compile, ddp" in table and "Not run (--skip)." in table
 
 
-@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_on_the_cpu_the_ddp_comparison_finds_two_processes_equal_to_one(tmp_path):
     """The DDP part on the CPU: trainer=ddp_sim (2 processes, gloo) against trainer=cpu with the
-    summed batch, as on GPUs trainer=ddp (NCCL) against trainer=gpu."""
+    summed batch, as on GPUs trainer=ddp (NCCL) against trainer=gpu. The comparison itself is
+    make test's (test_ddp_on_two_processes_trains_and_scores_as_one_process, which also scores
+    the test conditions); this one repeats it through the check's commands: make test-full."""
     result = gpu_check.ddp("cpu", tmp_path)
     assert result["passed"] and result["world_size"] == 2
     assert result["first_loss_difference"] < 1e-10 and result["max_gradient_difference"] < 1e-10
