@@ -11,7 +11,12 @@ cd "${WORKTREE:-/work/wt40-runs}"
 export PYTHONPATH=$PWD/src AVSAC_ROOT=${AVSAC_ROOT:-/work/twins40} OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 R=$AVSAC_ROOT/runs
 py=${PYTHON:-python}
-sweep() { echo "$(date -Is) start $*"; $py -m avsac_lit.train -m "$@"; echo "$(date -Is) exit $? $*"; }
+sweep() {
+  echo "$(date -Is) start $*"
+  $py -m avsac_lit.train -m "$@"
+  local status=$?  # before "$(date)" in the echo, which would set $? to its own 0
+  echo "$(date -Is) exit $status $*"
+}
 case $1 in
   A)  # (1) Table 5, (2) Table 3 under cross-attention, (4) Table 4
     sweep +table=synthetic_table5 seed=1,2,3,4,5 hydra.sweep.dir=$R/table5
@@ -22,5 +27,9 @@ case $1 in
     sweep +table=synthetic_table2 seed=1,2,3,4,5 hydra.sweep.dir=$R/table2
     sweep +table=synthetic_table3_gate hydra.sweep.dir=$R/table3_gate
     sweep +table=synthetic_avfs seed=1,2,3,4,5 hydra.sweep.dir=$R/table2/avfs
+    ;;
+  C)  # Once B was done: Table 4's AVSAC row (its jobs 12-14) in a sub-folder of Table 4's sweep,
+      # which the report reads with the rest; queue A was stopped (SIGTERM) as it reached job 12.
+    sweep +table=synthetic_table4 setting=avsac seed=1,2,3 hydra.sweep.dir=$R/table4/avsac
     ;;
 esac
