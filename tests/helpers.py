@@ -7,6 +7,8 @@ import os
 import signal as signal_module
 from pathlib import Path
 
+import pytest
+import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
@@ -89,3 +91,19 @@ class SignalAtExit(Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         atexit.register(os.kill, os.getpid(), self.signum)
+
+
+def assert_trains_as_one_process(
+    first_step: Path, reference_step: Path, metrics: dict, reference_metrics: dict
+) -> None:
+    """A run over several processes against one process with the summed batch, in float64: the
+    first step's loss and every gradient (FirstStepRecorder's files) and the final validation and
+    test metrics (metrics.json's) agree to 1e-10."""
+    first, step = torch.load(first_step), torch.load(reference_step)
+    assert abs(first["loss"] - step["loss"]) < 1e-10
+    assert step["gradients"].keys() == first["gradients"].keys()
+    difference = max((g - first["gradients"][n]).abs().max().item()
+                     for n, g in step["gradients"].items())  # fmt: skip
+    assert difference < 1e-10
+    for key in ("val/miou", "val/f", "val/loss", "val/miou_best", "test/miou", "test/f"):
+        assert metrics[key] == pytest.approx(reference_metrics[key], abs=1e-10), key

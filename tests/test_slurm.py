@@ -22,7 +22,7 @@ import torch
 
 from avsac_lit.report import report
 from avsac_lit.train import train
-from tests.helpers import TINY_RUN, compose_config
+from tests.helpers import TINY_RUN, assert_trains_as_one_process, compose_config
 
 pytestmark = pytest.mark.slurm
 
@@ -244,14 +244,9 @@ def test_one_run_over_two_nodes_equals_one_process_after_two_stops(slurm, twenty
     assert remote["slurm"]["tasks"] == 2 and remote["slurm"]["nodes"] == "n[1-2]"
     assert remote["strategy"] == "DDPStrategy"
     assert log_count(run_dir, "Stopped by SIGUSR2") and log_count(run_dir, "Stopped by SIGTERM")
-    first, step = torch.load(tmp_path / "slurm.pt"), torch.load(tmp_path / "cpu.pt")
-    assert abs(first["loss"] - step["loss"]) < 1e-10
-    assert step["gradients"].keys() == first["gradients"].keys()
-    difference = max((g - first["gradients"][n]).abs().max().item()
-                     for n, g in step["gradients"].items())  # fmt: skip
-    assert difference < 1e-10
-    for key in ("val/miou", "val/f", "val/loss", "val/miou_best", "test/miou", "test/f"):
-        assert remote["metrics"][key] == pytest.approx(local["metrics"][key], abs=1e-10), key
+    assert_trains_as_one_process(
+        tmp_path / "slurm.pt", tmp_path / "cpu.pt", remote["metrics"], local["metrics"]
+    )
     assert_clean(run_dir)
 
 

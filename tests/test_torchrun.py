@@ -18,12 +18,11 @@ from contextlib import suppress
 from pathlib import Path
 
 import pytest
-import torch
 
 from avsac_lit.run.lock import Holder
 from avsac_lit.train import train
 from tests import commands
-from tests.helpers import TINY_RUN, compose_config
+from tests.helpers import TINY_RUN, assert_trains_as_one_process, compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,14 +125,9 @@ def test_two_torchrun_agents_train_one_run_equal_to_one_process_through_an_elast
     assert record["torchrun"]["max_restarts"] == 1 and record["torchrun"]["nodes"] == 2
     assert record["resumed_from"] == str(run_dir / "checkpoints" / "last.ckpt")
     assert record["epochs_trained"] == other["epochs_trained"] == 2
-    first, step = torch.load(tmp_path / "torchrun.pt"), torch.load(tmp_path / "cpu.pt")
-    assert abs(first["loss"] - step["loss"]) < 1e-10
-    assert step["gradients"].keys() == first["gradients"].keys()
-    difference = max((g - first["gradients"][n]).abs().max().item()
-                     for n, g in step["gradients"].items())  # fmt: skip
-    assert difference < 1e-10
-    for key in ("val/miou", "val/f", "val/loss", "val/miou_best", "test/miou", "test/f"):
-        assert record["metrics"][key] == pytest.approx(other["metrics"][key], abs=1e-10), key
+    assert_trains_as_one_process(
+        tmp_path / "torchrun.pt", tmp_path / "cpu.pt", record["metrics"], other["metrics"]
+    )
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert names == ["epoch_000.ckpt", "last.ckpt"] or (len(names) == 2 and "last.ckpt" in names)
     assert not (run_dir / ".avsac_lit.lock").exists()
